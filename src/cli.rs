@@ -1,0 +1,188 @@
+//! What each subcommand does, and how failures become exit codes: 2 for bad configuration or
+//! usage (as clap does), 1 for a failure at run time. Every failure is one clear line on stderr.
+
+use std::{process::ExitCode, time::Duration};
+
+use kube::{Api, Client, api::ListParams, config::KubeConfigOptions};
+
+use crate::{
+    config::{Cli, Command, RunArgs},
+    crd::{self, AfkConfig},
+    sidecar, telemetry,
+};
+
+/// Why the program stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Configuration is missing or invalid (exit code 2).
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The API server could not be reached or refused us.
+    #[error("cannot reach the Kubernetes API server at {url}: {reason}")]
+    Unreachable {
+        /// Where we tried.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The CRDs are not installed in the cluster.
+    #[error(
+        "the afk.dev CRDs are not installed in this cluster; install them with \
+         `kubectl apply -f crds/` or `helm install afk-operator charts/afk-operator`"
+    )]
+    CrdsMissing,
+    /// Anything else at run time.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartupError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Run the parsed command line to completion.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Command::Crd = cli.command {
+        return match crd::all_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("afk-operator: cannot render CRDs: {err}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    telemetry::init(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("afk-operator: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run_operator(args).await,
+            Command::Sidecar(args) => sidecar::serve(args, shutdown_signal())
+                .await
+                .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
+            Command::Crd => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("afk-operator: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Connect to the cluster, make sure our CRDs are there, then serve until told to stop.
+async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
+    let client = connect(&args).await?;
+    check_crds_installed(&client, args.namespace.as_deref()).await?;
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("*"),
+        "connected; CRDs installed"
+    );
+    sidecar::serve(args.sidecar, shutdown_signal())
+        .await
+        .map_err(|err| StartupError::Runtime(format!("sidecar: {err}")))
+}
+
+/// Build a client from `--kubeconfig`, or kube's usual inference (KUBECONFIG, ~/.kube/config,
+/// in-cluster).
+pub async fn connect(args: &RunArgs) -> Result<Client, StartupError> {
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|err| {
+                StartupError::Config(format!("cannot read kubeconfig {}: {err}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|err| StartupError::Config(format!("invalid kubeconfig {}: {err}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|err| {
+            StartupError::Config(format!(
+                "no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster): {err}"
+            ))
+        })?,
+    };
+    let timeout = Duration::from_secs(args.connect_timeout_secs);
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|err| StartupError::Config(format!("cannot build a Kubernetes client: {err}")))?;
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(err)) => Err(StartupError::Unreachable {
+            url,
+            reason: one_line(&err),
+        }),
+        Err(_) => Err(StartupError::Unreachable {
+            url,
+            reason: format!("no answer within {}s", timeout.as_secs()),
+        }),
+    }
+}
+
+/// Listing AfkConfigs answers 404 when the CRD is missing. Listing (not reading the CRD object)
+/// keeps the operator's RBAC free of cluster-wide CRD access.
+pub async fn check_crds_installed(client: &Client, namespace: Option<&str>) -> Result<(), StartupError> {
+    let api: Api<AfkConfig> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(StartupError::CrdsMissing),
+        Err(err) => Err(StartupError::Runtime(format!(
+            "cannot list AfkConfigs: {}",
+            one_line(&err)
+        ))),
+    }
+}
+
+fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

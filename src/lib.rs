@@ -1,0 +1,15 @@
+//! afk-operator: a Kubernetes operator that lets coding agents implement triaged issues while
+//! nobody is at the keyboard, plus the sidecar that serves a voice gateway and breakglass
+//! endpoints from the same binary.
+//!
+//! Layers and the directions they may depend on: `crd` (API types) ← `policy` (pure decisions,
+//! no I/O, no clock) ← `controller` (observe → decide → act → write status) → `adapters`
+//! (narrow traits over GitHub, T3, CI, notifiers). `sidecar` (axum) depends on `crd`. `config`,
+//! `telemetry` and `metrics` are leaves. `main.rs` only parses the command line and calls `cli::run`.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod sidecar;
+pub mod telemetry;

@@ -1,0 +1,162 @@
+//! The binary's start-up contract: bad flags and missing configuration exit 2, an unreachable
+//! cluster or missing CRDs exit 1, always with one clear line on stderr and never a panic.
+
+use std::{
+    io::Write,
+    process::{Command, Output},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_afk-operator");
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_no_panic(out: &Output) {
+    assert!(!stderr(out).contains("panicked"), "panic: {}", stderr(out));
+}
+
+#[test]
+fn crd_prints_yaml() {
+    let out = run(&["crd"], &[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("name: afkconfigs.afk.dev"));
+    assert!(stdout.contains("name: afkruns.afk.dev"));
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for sub in ["run", "sidecar", "crd"] {
+        assert!(stdout.contains(sub), "{stdout}");
+    }
+    for sub in ["run", "sidecar"] {
+        let out = run(&[sub, "--help"], &[]);
+        assert!(out.status.success(), "{sub} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("AFK_LISTEN"),
+            "env fallbacks are documented"
+        );
+    }
+}
+
+#[test]
+fn bad_flag_exits_2() {
+    let out = run(&["run", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_no_panic(&out);
+    let out = run(&["sidecar", "--listen", "not-an-address"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--listen"));
+}
+
+#[test]
+fn missing_kube_config_exits_2_with_one_line() {
+    let out = run(&["run"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    let lines: Vec<_> = err.lines().filter(|l| l.contains("afk-operator:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("no Kubernetes configuration found"), "{err}");
+}
+
+fn kubeconfig_for(server: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
+         users:\n- name: u\n  user:\n    token: not-a-secret\n"
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn unreachable_cluster_exits_1_with_one_line() {
+    // Bind then drop a listener to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = kubeconfig_for(&format!("http://127.0.0.1:{port}"));
+    let out = run(
+        &[
+            "run",
+            "--kubeconfig",
+            kubeconfig.path().to_str().unwrap(),
+            "--connect-timeout-secs",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("afk-operator:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("cannot reach the Kubernetes API server"),
+        "{err}"
+    );
+    assert!(!err.contains("not-a-secret"), "the token must never be printed");
+}
+
+#[test]
+fn missing_crds_exit_1_with_an_install_hint() {
+    use std::net::TcpListener;
+    // A minimal API server: /version answers, everything else is 404 as for an unknown resource.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /version") {
+                (
+                    "200 OK",
+                    r#"{"major":"1","minor":"37","gitVersion":"v1.37.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":"linux/amd64"}"#,
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#,
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let kubeconfig = kubeconfig_for(&format!("http://{addr}"));
+    let out = run(&["run", "--kubeconfig", kubeconfig.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_no_panic(&out);
+    assert!(
+        stderr(&out).contains("kubectl apply -f crds/"),
+        "{}",
+        stderr(&out)
+    );
+}
