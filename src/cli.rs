@@ -71,9 +71,12 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run_operator(args).await,
-            Command::Sidecar(args) => sidecar::serve(args, shutdown_signal())
-                .await
-                .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
+            Command::Sidecar(args) => match load_agents(&args) {
+                Err(err) => Err(err),
+                Ok(_) => sidecar::serve(args, shutdown_signal())
+                    .await
+                    .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
+            },
             Command::Crd => unreachable!("handled above"),
         }
     });
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Connect to the cluster, make sure our CRDs are there, then serve until told to stop.
 async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
+    load_agents(&args.sidecar)?;
     let client = connect(&args).await?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
     tracing::info!(
@@ -97,6 +101,11 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
     sidecar::serve(args.sidecar, shutdown_signal())
         .await
         .map_err(|err| StartupError::Runtime(format!("sidecar: {err}")))
+}
+
+/// Load and validate the agent definitions; a broken one is a configuration error.
+fn load_agents(args: &crate::config::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
+    crate::agents::Agents::load_dir(&args.agents_dir).map_err(|err| StartupError::Config(err.to_string()))
 }
 
 /// Build a client from `--kubeconfig`, or kube's usual inference (KUBECONFIG, ~/.kube/config,

@@ -8,8 +8,10 @@
 //! `telemetry` and `metrics` are leaves. `main.rs` only parses the command line and calls `cli::run`.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod cli;
 pub mod config;
 pub mod crd;
+pub mod policy;
 pub mod sidecar;
 pub mod telemetry;

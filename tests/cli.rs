@@ -160,3 +160,24 @@ fn missing_crds_exit_1_with_an_install_hint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn broken_agents_dir_exits_2() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(
+        &[
+            "sidecar",
+            "--agents-dir",
+            empty.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing from the agents directory"),
+        "{}",
+        stderr(&out)
+    );
+}
