@@ -8,6 +8,7 @@
 //! `telemetry` and `metrics` are leaves. `main.rs` only parses the command line and calls `cli::run`.
 #![forbid(unsafe_code)]
 
+pub mod adapters;
 pub mod agents;
 pub mod cli;
 pub mod config;

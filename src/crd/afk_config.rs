@@ -257,6 +257,10 @@ impl Default for LabelNames {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {
+    /// Not a collaborator.
+    None,
+    /// Can read.
+    Read,
     /// Can apply labels but cannot push.
     Triage,
     /// Can push.

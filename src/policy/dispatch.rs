@@ -206,6 +206,8 @@ impl fmt::Display for SkipReason {
 
 fn permission_name(p: Permission) -> &'static str {
     match p {
+        Permission::None => "no",
+        Permission::Read => "read",
         Permission::Triage => "triage",
         Permission::Write => "write",
         Permission::Maintain => "maintain",

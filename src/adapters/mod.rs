@@ -1,0 +1,238 @@
+//! Ports and adapters: every external system the loop touches sits behind a narrow async trait
+//! (one method per question or side effect) with a real implementation over reqwest or kube.
+//! Failures are classified once, here, as transient (retry with backoff, same ids) or permanent
+//! (stop and report), and error messages never carry tokens or secret URLs.
+
+pub mod retry;
+pub mod t3;
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+/// Whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A transport error, a rate limit or a server fault: retry later with the same ids.
+    Transient,
+    /// The request is wrong or forbidden, or the server rejected it for a business reason.
+    Permanent,
+}
+
+/// An error from an adapter. `kind` is a static category (safe as a metric label and Event
+/// reason); `message` is for humans and never contains credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterError {
+    /// Transient or permanent.
+    pub class: ErrorClass,
+    /// Static category, e.g. `rate_limited`, `auth`, `schema_rejected`.
+    pub kind: &'static str,
+    /// HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// How long the server asked us to wait.
+    pub retry_after: Option<Duration>,
+    /// Human-readable detail (no secrets).
+    pub message: String,
+}
+
+impl AdapterError {
+    /// A transient error.
+    pub fn transient(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Transient,
+            kind,
+            status: None,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            kind,
+            status: None,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
+    /// With the HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// With a server-requested delay.
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// Whether retrying can help.
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
+    }
+
+    /// A transport-level failure (no response): always transient. The URL is not included,
+    /// because some URLs (Slack webhooks) are credentials.
+    pub fn from_transport(target: &str, err: &reqwest::Error) -> Self {
+        let what = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "connection failed"
+        } else if err.is_decode() {
+            return Self::permanent("decode", format!("{target}: response could not be decoded"));
+        } else {
+            "request failed"
+        };
+        Self::transient("transport", format!("{target}: {what}"))
+    }
+}
+
+impl fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let class = match self.class {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        };
+        match self.status {
+            Some(s) => write!(f, "{} ({class} {}, HTTP {s})", self.message, self.kind),
+            None => write!(f, "{} ({class} {})", self.message, self.kind),
+        }
+    }
+}
+
+impl std::error::Error for AdapterError {}
+
+/// A secret value. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where a credential comes from. Read on every use so rotated tokens take effect without a
+/// restart.
+pub trait SecretSource: Send + Sync + fmt::Debug {
+    /// The current value.
+    fn read(&self) -> Result<Secret, AdapterError>;
+}
+
+/// A secret in a mounted file (a Kubernetes Secret volume), trimmed of surrounding whitespace.
+#[derive(Clone, Debug)]
+pub struct FileSecret {
+    path: PathBuf,
+}
+
+impl FileSecret {
+    /// A secret read from `path` on every use.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+}
+
+impl SecretSource for FileSecret {
+    fn read(&self) -> Result<Secret, AdapterError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|e| {
+            AdapterError::permanent(
+                "secret_unreadable",
+                format!("cannot read secret file {}: {}", self.path.display(), e.kind()),
+            )
+        })?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(AdapterError::permanent(
+                "secret_empty",
+                format!("secret file {} is empty", self.path.display()),
+            ));
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+/// A secret held in memory (read from a Kubernetes Secret by the controller).
+#[derive(Clone, Debug)]
+pub struct StaticSecret(pub Secret);
+
+impl SecretSource for StaticSecret {
+    fn read(&self) -> Result<Secret, AdapterError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The `Retry-After` header as a duration (seconds form; HTTP dates are treated as absent).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A shared reqwest client with sane timeouts and our user agent.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("afk-operator/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The first bytes of a response body for an error message, on one line.
+pub fn snippet(body: &str) -> String {
+    let flat: String = body
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    flat.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("ghp_supersecret");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert!(!format!("{:?}", StaticSecret(s)).contains("supersecret"));
+    }
+
+    #[test]
+    fn file_secrets_are_reread_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = FileSecret::new(&path);
+        assert_eq!(source.read().unwrap_err().kind, "secret_unreadable");
+        std::fs::write(&path, "  one\n").unwrap();
+        assert_eq!(source.read().unwrap().expose(), "one");
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(source.read().unwrap().expose(), "two");
+        std::fs::write(&path, "\n").unwrap();
+        assert_eq!(source.read().unwrap_err().kind, "secret_empty");
+    }
+
+    #[test]
+    fn display_carries_class_kind_and_status() {
+        let e = AdapterError::permanent("auth", "t3: unauthorized").with_status(401);
+        assert_eq!(e.to_string(), "t3: unauthorized (permanent auth, HTTP 401)");
+        assert!(!e.is_transient());
+    }
+}
