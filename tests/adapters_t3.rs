@@ -256,6 +256,31 @@ async fn a_turn_that_never_starts_and_unknown_states_are_readable() {
 }
 
 #[tokio::test]
+async fn a_thread_moves_starting_running_error() {
+    let fake = FakeT3::start(TOKEN).await;
+    let c = client(&fake, TOKEN);
+    fake.set_script(TurnScript::Hold);
+    dispatched_thread(&fake, &c).await;
+    let t = c.shell().await.unwrap().thread("t-1").cloned().unwrap();
+    assert_eq!(
+        (t.latest_turn.is_none(), t.session.unwrap().status.as_str()),
+        (true, "starting")
+    );
+    fake.start_turn("t-1");
+    let t = c.shell().await.unwrap().thread("t-1").cloned().unwrap();
+    assert_eq!(t.latest_turn.unwrap().state, "running");
+    fake.finish_turn("t-1", "error", "error");
+    let t = c.shell().await.unwrap().thread("t-1").cloned().unwrap();
+    assert_eq!(
+        (
+            t.latest_turn.unwrap().state.as_str(),
+            t.session.unwrap().status.as_str()
+        ),
+        ("error", "error")
+    );
+}
+
+#[tokio::test]
 async fn pending_requests_show_in_the_shell() {
     let fake = FakeT3::start(TOKEN).await;
     let c = client(&fake, TOKEN);

@@ -3,8 +3,12 @@
 //! Failures are classified once, here, as transient (retry with backoff, same ids) or permanent
 //! (stop and report), and error messages never carry tokens or secret URLs.
 
+pub mod github;
+pub mod notify;
 pub mod retry;
+pub mod rollout;
 pub mod t3;
+pub mod woodpecker;
 
 use std::{fmt, path::PathBuf, time::Duration};
 

@@ -438,6 +438,7 @@ impl T3Client {
             .await
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         let status = resp.status().as_u16();
+        tracing::debug!(request = %target, status, "t3 request");
         let after = retry_after(resp.headers());
         let body = resp
             .text()
@@ -516,6 +517,12 @@ impl Executor for T3Client {
             .await
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         let status = resp.status().as_u16();
+        tracing::debug!(
+            command = command.type_name(),
+            command_id = command.command_id(),
+            status,
+            "t3 dispatch"
+        );
         let after = retry_after(resp.headers());
         let body = resp
             .text()

@@ -26,6 +26,8 @@ pub const FIELD_MANAGER: &str = "afk.dev/controller";
 pub const RUN_FINALIZER: &str = "afk.dev/cleanup";
 /// Annotation on an AfkConfig that stops the loop; its value is the human's reason.
 pub const EMERGENCY_STOP_ANNOTATION: &str = "afk.dev/emergency-stop";
+/// Pod-template annotation naming the commit a Deployment runs (an alternative to an image tag).
+pub const GROUP_COMMIT_ANNOTATION: &str = "afk.dev/commit";
 /// Label on every AfkRun naming the AfkConfig that created it (for cheap list selectors).
 pub const CONFIG_LABEL: &str = "afk.dev/config";
 /// Label on every AfkRun carrying the repo as `owner.name` (label values cannot hold `/`).

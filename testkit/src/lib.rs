@@ -3,8 +3,14 @@
 //! service rejects is a defect). Each fake serves on `127.0.0.1:0`, records every request, and
 //! offers hooks to script the other side.
 #![forbid(unsafe_code)]
+// Fakes return ready-made HTTP responses as errors and build fixtures from plain arguments;
+// neither the size of an axum Response nor an extra argument matters in test support.
+#![allow(clippy::result_large_err, clippy::too_many_arguments)]
 
+pub mod github;
+pub mod notify;
 pub mod t3;
+pub mod woodpecker;
 
 use std::net::SocketAddr;
 

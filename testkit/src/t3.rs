@@ -9,8 +9,6 @@
 //! sequence with no new effect. Threads can be scripted through turn states, pending approval
 //! or input, or a turn that never starts.
 
-#![allow(clippy::result_large_err)] // handlers return ready-made responses as errors; size is irrelevant in a test fake
-
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -35,6 +33,9 @@ pub enum TurnScript {
     Run,
     /// The provider never starts: session `error` with `lastError`, `latestTurn` unchanged.
     NeverStart,
+    /// The turn start is pending: session `starting`, `latestTurn` unchanged, until
+    /// [`FakeT3::start_turn`] moves it to `running`.
+    Hold,
 }
 
 /// A fault to inject into the next dispatch responses.
@@ -205,6 +206,27 @@ impl FakeT3 {
                 if let Some(session) = t.session.as_mut() {
                     session["status"] = json!(session_status);
                     session["activeTurnId"] = Value::Null;
+                    session["updatedAt"] = json!(ts);
+                }
+            }
+        });
+    }
+
+    /// Move a held turn start (`TurnScript::Hold`) to a running turn.
+    pub fn start_turn(&self, thread_id: &str) {
+        self.with(|s| {
+            s.sequence += 1;
+            s.turn_counter += 1;
+            let turn_id = format!("turn-{}", s.turn_counter);
+            if let Some(t) = s.threads.get_mut(thread_id) {
+                let ts = now();
+                t.latest_turn = Some(
+                    json!({"turnId": turn_id, "state": "running", "requestedAt": ts, "startedAt": ts,
+                                             "completedAt": null, "assistantMessageId": null}),
+                );
+                if let Some(session) = t.session.as_mut() {
+                    session["status"] = json!("running");
+                    session["activeTurnId"] = json!(turn_id);
                     session["updatedAt"] = json!(ts);
                 }
             }
@@ -652,6 +674,12 @@ fn apply(s: &mut T3State, cmd: &Value) -> Result<Option<Response>, ()> {
                     t.session = Some(
                         json!({"threadId": id, "status": "running", "providerName": "claudeAgent",
                                             "runtimeMode": t.runtime_mode, "activeTurnId": turn_id, "lastError": null, "updatedAt": ts}),
+                    );
+                }
+                TurnScript::Hold => {
+                    t.session = Some(
+                        json!({"threadId": id, "status": "starting", "providerName": "claudeAgent",
+                                            "runtimeMode": t.runtime_mode, "activeTurnId": null, "lastError": null, "updatedAt": ts}),
                     );
                 }
                 TurnScript::NeverStart => {
