@@ -1,12 +1,20 @@
 //! What each subcommand does, and how failures become exit codes: 2 for bad configuration or
 //! usage (as clap does), 1 for a failure at run time. Every failure is one clear line on stderr.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use kube::{Api, Client, api::ListParams, config::KubeConfigOptions};
 
 use crate::{
     config::{Cli, Command, RunArgs},
+    controller,
     crd::{self, AfkConfig},
     sidecar, telemetry,
 };
@@ -73,7 +81,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Run(args) => run_operator(args).await,
             Command::Sidecar(args) => match load_agents(&args) {
                 Err(err) => Err(err),
-                Ok(_) => sidecar::serve(args, shutdown_signal())
+                Ok(_) => sidecar::serve(args, sidecar::SidecarState::standalone(), shutdown_signal())
                     .await
                     .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
             },
@@ -89,18 +97,96 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Connect to the cluster, make sure our CRDs are there, then serve until told to stop.
+/// Connect to the cluster, make sure our CRDs are there, then run the controllers (while
+/// leading, when leader election is on) and the sidecar until told to stop.
 async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
-    load_agents(&args.sidecar)?;
+    let agents = load_agents(&args.sidecar)?;
     let client = connect(&args).await?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
-    tracing::info!(
-        namespace = args.namespace.as_deref().unwrap_or("*"),
-        "connected; CRDs installed"
-    );
-    sidecar::serve(args.sidecar, shutdown_signal())
+    tracing::info!(namespace = args.namespace.as_deref().unwrap_or("*"), "connected; CRDs installed");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let is_stopped = {
+        let rx = stop_rx.clone();
+        move || *rx.borrow()
+    };
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let metrics = crate::metrics::Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = sidecar::SidecarState { ready: ready.clone(), metrics: metrics.clone() };
+    let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
+
+    let settings = controller::Settings {
+        run_requeue: Duration::from_secs(args.run_requeue_secs),
+        github_min_mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
+        ..controller::Settings::default()
+    };
+    let ctx = Arc::new(controller::Context::new(client.clone(), Arc::new(agents), metrics, settings));
+    let (trigger, _) = tokio::sync::broadcast::channel(64);
+
+    if args.leader_election {
+        let identity = args.identity.clone().unwrap_or_else(hostname);
+        let lease = controller::LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone().or_else(|| args.namespace.clone()).unwrap_or_else(|| "default".into()),
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(controller::LeaderElection::new(client, lease).run(leading_tx));
+        // A standby serves the sidecar and is ready; only the leader reconciles.
+        ready.store(true, Ordering::SeqCst);
+        loop {
+            tokio::select! {
+                _ = leading_rx.wait_for(|l| *l) => {}
+                () = stopped() => break,
+            }
+            tracing::info!("leading: starting controllers");
+            ready.store(false, Ordering::SeqCst);
+            let mut lost = leading_rx.clone();
+            let lost = async move {
+                let _ = lost.wait_for(|l| !*l).await;
+            };
+            let stop = stopped();
+            let end = async move {
+                tokio::select! {
+                    () = lost => {}
+                    () = stop => {}
+                }
+            };
+            controller::run(ctx.clone(), args.namespace.clone(), ready.clone(), trigger.subscribe(), end).await;
+            ready.store(true, Ordering::SeqCst);
+            if is_stopped() {
+                break;
+            }
+            tracing::warn!("leadership lost: controllers stopped; standing by");
+        }
+    } else {
+        controller::run(ctx, args.namespace.clone(), ready, trigger.subscribe(), stopped()).await;
+    }
+    sidecar_task
         .await
+        .map_err(|e| StartupError::Runtime(format!("sidecar task: {e}")))?
         .map_err(|err| StartupError::Runtime(format!("sidecar: {err}")))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("afk-operator-{}", std::process::id()))
 }
 
 /// Load and validate the agent definitions; a broken one is a configuration error.

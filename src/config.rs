@@ -61,6 +61,24 @@ pub struct RunArgs {
     /// Seconds to wait for the API server before giving up on start-up.
     #[arg(long, env = "AFK_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub connect_timeout_secs: u64,
+    /// Seconds between looks at a non-terminal run while it waits on something external.
+    #[arg(long, env = "AFK_RUN_REQUEUE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub run_requeue_secs: u64,
+    /// Minimum milliseconds between two GitHub mutations (GitHub asks integrations for ≥ 1 s).
+    #[arg(long, env = "AFK_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
+    pub github_mutation_interval_ms: u64,
+    /// Elect a leader on a Lease so only one replica reconciles (needed for `replicas > 1`).
+    #[arg(long, env = "AFK_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "AFK_LEASE_NAME", default_value = "afk-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease; defaults to `--namespace`, then `default`.
+    #[arg(long, env = "AFK_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the election (the pod name); defaults to the host name.
+    #[arg(long, env = "AFK_IDENTITY")]
+    pub identity: Option<String>,
     /// The sidecar served beside the controllers.
     #[command(flatten)]
     pub sidecar: SidecarArgs,

@@ -71,6 +71,8 @@ pub struct ReadyIssue {
     pub labeler: Labeler,
     /// Blockers from the body and GitHub's native dependencies, with their states.
     pub blockers: Vec<Blocker>,
+    /// A gate fact could not be gathered (e.g. the dependency lookup failed): fail closed.
+    pub facts_error: Option<String>,
 }
 
 /// What the decision needs to know about an existing AfkRun.
@@ -161,6 +163,8 @@ pub enum SkipReason {
     },
     /// The in-flight cap is reached.
     MaxInFlight(u32),
+    /// A gate fact could not be gathered this poll.
+    FactsUnavailable(String),
 }
 
 impl fmt::Display for SkipReason {
@@ -200,6 +204,7 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::RepoBusy { run } => write!(f, "repo busy: afkrun {run}"),
             SkipReason::MaxInFlight(n) => write!(f, "max in flight ({n})"),
+            SkipReason::FactsUnavailable(why) => write!(f, "could not check the gates: {why}"),
         }
     }
 }
@@ -345,6 +350,8 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
         let key = repo_key(&issue.repo);
         let gate = if !allowlisted.contains(&key) {
             Err(SkipReason::NotAllowlisted)
+        } else if let Some(why) = &issue.facts_error {
+            Err(SkipReason::FactsUnavailable(why.clone()))
         } else {
             trust_gate(spec, &issue.labeler)
                 .and_then(|()| blocked_gate(issue, &open_blockers))
@@ -667,6 +674,7 @@ mod tests {
             labels: vec!["ready-for-agent".into()],
             labeler: trusted(100),
             blockers: vec![],
+            facts_error: None,
         }
     }
 
@@ -923,6 +931,16 @@ mod tests {
             d.repos.iter().map(|r| r.holder.clone()).collect::<Vec<_>>(),
             vec![Some("a-x-1-1".into()), Some("b-y-3-1".into()), None]
         );
+    }
+
+    #[test]
+    fn missing_facts_fail_closed() {
+        let s = spec(&["acme/app"], 4);
+        let mut i = issue("acme/app", 3);
+        i.facts_error = Some("dependency lookup failed".into());
+        let d = decide_with(&s, &[i], &[]);
+        assert!(d.create.is_empty());
+        assert_eq!(reason_of(&d, 3), "could not check the gates: dependency lookup failed");
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! The adapters of one AfkConfig, built from its spec and the Secrets it names, cached across
+//! reconciles (the GitHub client's ETag cache and rate-limit view must survive between polls)
+//! and rebuilt when an endpoint changes. Secrets are re-read from the API at most every
+//! `secret_refresh`, so a rotated token takes effect without a restart.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::Instant,
+};
+
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::{Api, Client, ResourceExt};
+
+use super::{Error, Settings};
+use crate::{
+    adapters::{
+        AdapterError, Secret, SecretSource,
+        github::{GitHubClient, GitHubOptions, Tracker},
+        notify::{Notifier, NtfyNotifier, SlackNotifier},
+        rollout::{KubeRolloutChecker, RolloutChecker},
+        t3::{Executor, T3Client},
+        woodpecker::{DeployCi, WoodpeckerClient},
+    },
+    crd::{AfkConfig, SecretKeyRef},
+};
+
+/// A secret value the controller refreshes from a Kubernetes Secret.
+#[derive(Debug, Default)]
+pub struct SharedSecret {
+    value: RwLock<Option<Secret>>,
+}
+
+impl SharedSecret {
+    /// Replace the value.
+    pub fn set(&self, value: Secret) {
+        *self.value.write().expect("secret lock") = Some(value);
+    }
+}
+
+impl SecretSource for SharedSecret {
+    fn read(&self) -> Result<Secret, AdapterError> {
+        self.value
+            .read()
+            .expect("secret lock")
+            .clone()
+            .ok_or_else(|| AdapterError::permanent("secret_unloaded", "secret not loaded yet"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Key {
+    github: String,
+    t3: String,
+    woodpecker: Option<String>,
+    slack: bool,
+    ntfy: Option<(String, String, bool)>,
+    secrets: Vec<(String, String)>,
+}
+
+/// The adapters of one AfkConfig.
+pub struct Adapters {
+    key: Key,
+    /// The issue tracker.
+    pub tracker: Arc<dyn Tracker>,
+    /// The agent executor.
+    pub executor: Arc<dyn Executor>,
+    /// The deploy stage, when configured.
+    pub deploy: Option<Arc<dyn DeployCi>>,
+    /// Notification channels.
+    pub notifiers: Vec<Arc<dyn Notifier>>,
+    /// The rollout checker.
+    pub rollout: Arc<dyn RolloutChecker>,
+    secrets: Vec<(SecretKeyRef, Arc<SharedSecret>)>,
+    loaded_at: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Adapters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapters").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+/// Adapters per AfkConfig.
+pub struct AdapterCache {
+    client: Client,
+    settings: Settings,
+    map: Mutex<HashMap<String, Arc<Adapters>>>,
+}
+
+impl std::fmt::Debug for AdapterCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdapterCache")
+    }
+}
+
+fn secret_refs(config: &AfkConfig) -> Result<Vec<(&'static str, SecretKeyRef)>, Error> {
+    let spec = &config.spec;
+    let mut refs = vec![];
+    match (&spec.tracker.github.token_secret_ref, &spec.tracker.github.app) {
+        (Some(r), _) => refs.push(("github", r.clone())),
+        (None, Some(_)) => {
+            return Err(Error::Reference(
+                "GitHub App credentials are not supported yet; set tracker.github.tokenSecretRef".into(),
+            ));
+        }
+        (None, None) => return Err(Error::Reference("tracker.github needs tokenSecretRef".into())),
+    }
+    refs.push(("t3", spec.executor.t3.token_secret_ref.clone()));
+    if let Some(w) = &spec.ci.woodpecker {
+        refs.push(("woodpecker", w.token_secret_ref.clone()));
+    }
+    if let Some(s) = &spec.notify.slack {
+        refs.push(("slack", s.webhook_secret_ref.clone()));
+    }
+    if let Some(n) = spec.notify.ntfy.as_ref().and_then(|n| n.token_secret_ref.clone()) {
+        refs.push(("ntfy", n));
+    }
+    Ok(refs)
+}
+
+impl AdapterCache {
+    /// An empty cache.
+    pub fn new(client: Client, settings: Settings) -> Self {
+        Self { client, settings, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The adapters for `config`, built or refreshed as needed.
+    pub async fn for_config(&self, config: &AfkConfig) -> Result<Arc<Adapters>, Error> {
+        let refs = secret_refs(config)?;
+        let spec = &config.spec;
+        let key = Key {
+            github: spec.tracker.github.api_url.clone(),
+            t3: spec.executor.t3.url.clone(),
+            woodpecker: spec.ci.woodpecker.as_ref().map(|w| w.url.clone()),
+            slack: spec.notify.slack.is_some(),
+            ntfy: spec.notify.ntfy.as_ref().map(|n| (n.url.clone(), n.topic.clone(), n.token_secret_ref.is_some())),
+            secrets: refs.iter().map(|(_, r)| (r.name.clone(), r.key.clone())).collect(),
+        };
+        let id = format!("{}/{}", config.namespace().unwrap_or_default(), config.name_any());
+        let existing = self.map.lock().expect("adapter cache").get(&id).cloned();
+        let adapters = match existing {
+            Some(a) if a.key == key => a,
+            _ => {
+                let built = Arc::new(self.build(config, key, &refs));
+                self.map.lock().expect("adapter cache").insert(id, built.clone());
+                built
+            }
+        };
+        let stale = adapters.loaded_at.lock().expect("loaded").is_none_or(|t| t.elapsed() >= self.settings.secret_refresh);
+        if stale {
+            let ns = config.namespace().unwrap_or_default();
+            let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &ns);
+            for (r, shared) in &adapters.secrets {
+                shared.set(read_secret(&api, r).await?);
+            }
+            *adapters.loaded_at.lock().expect("loaded") = Some(Instant::now());
+        }
+        Ok(adapters)
+    }
+
+    fn build(&self, config: &AfkConfig, key: Key, refs: &[(&'static str, SecretKeyRef)]) -> Adapters {
+        let spec = &config.spec;
+        let mut secrets = vec![];
+        let mut shared = |name: &str| -> Option<Arc<SharedSecret>> {
+            let (_, r) = refs.iter().find(|(n, _)| *n == name)?;
+            let s = Arc::new(SharedSecret::default());
+            secrets.push((r.clone(), s.clone()));
+            Some(s)
+        };
+        let github_token = shared("github").expect("checked by secret_refs");
+        let t3_token = shared("t3").expect("always present");
+        let tracker: Arc<dyn Tracker> = Arc::new(GitHubClient::new(
+            &spec.tracker.github.api_url,
+            github_token,
+            GitHubOptions { min_mutation_interval: self.settings.github_min_mutation_interval, ..GitHubOptions::default() },
+        ));
+        let executor: Arc<dyn Executor> = Arc::new(T3Client::new(&spec.executor.t3.url, t3_token));
+        let deploy: Option<Arc<dyn DeployCi>> = spec.ci.woodpecker.as_ref().and_then(|w| {
+            let token = shared("woodpecker")?;
+            Some(Arc::new(WoodpeckerClient::new(&w.url, token, 3)) as Arc<dyn DeployCi>)
+        });
+        let mut notifiers: Vec<Arc<dyn Notifier>> = vec![];
+        if spec.notify.slack.is_some()
+            && let Some(url) = shared("slack")
+        {
+            notifiers.push(Arc::new(SlackNotifier::new(url, self.settings.notify_retry)));
+        }
+        if let Some(n) = &spec.notify.ntfy {
+            let token = shared("ntfy").map(|t| t as Arc<dyn SecretSource>);
+            notifiers.push(Arc::new(NtfyNotifier::new(&n.url, &n.topic, token, self.settings.notify_retry)));
+        }
+        Adapters {
+            key,
+            tracker,
+            executor,
+            deploy,
+            notifiers,
+            rollout: Arc::new(KubeRolloutChecker::new(self.client.clone())),
+            secrets,
+            loaded_at: Mutex::new(None),
+        }
+    }
+}
+
+async fn read_secret(api: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Secret, Error> {
+    let secret = api.get_opt(&r.name).await?.ok_or_else(|| Error::Reference(format!("Secret {:?} not found", r.name)))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .ok_or_else(|| Error::Reference(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::Reference(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(Error::Reference(format!("Secret {:?} key {:?} is empty", r.name, r.key)));
+    }
+    Ok(Secret::new(value))
+}

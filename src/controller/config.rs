@@ -1,0 +1,355 @@
+//! The AfkConfig reconcile (SPEC §2): no tracker I/O while disarmed; otherwise gather the gate
+//! facts (cheaply: every GET is conditional, permissions and blocker states are cached for the
+//! poll), let `policy::dispatch` decide, create the AfkRuns it chose (deterministic names, so a
+//! repeated create is a no-op), prune old terminal runs, and write status.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    runtime::controller::Action,
+};
+
+use super::{Context, Error, status::apply_status};
+use crate::{
+    adapters::github::Tracker,
+    crd::{
+        AfkConfig, AfkRun, AfkRunSpec, CONFIG_LABEL, ISSUE_LABEL, Phase, QueueEntry, REPO_LABEL,
+        RateLimitStatus, RepoLockStatus,
+        condition::{Status, reasons, set_condition, types},
+    },
+    metrics,
+    policy::{
+        dispatch::{self, Blocker, BlockerState, Disarmed, ExistingRun, Labeler, ReadyIssue},
+        naming,
+        parse::{IssueRef, parse_blockers},
+    },
+};
+
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    d.mul_f64(0.9 + f64::from(nanos % 200) / 1000.0)
+}
+
+/// The runs of a config: those labelled by the controller and any created by hand naming it.
+async fn runs_of(api: &Api<AfkRun>, config: &str) -> Result<Vec<AfkRun>, Error> {
+    Ok(api.list(&ListParams::default()).await?.items.into_iter().filter(|r| r.spec.config_ref == config).collect())
+}
+
+fn existing(runs: &[AfkRun]) -> Vec<ExistingRun> {
+    runs.iter()
+        .map(|r| ExistingRun {
+            name: r.name_any(),
+            repo: r.spec.repo.clone(),
+            issue: r.spec.issue,
+            attempt: r.spec.attempt,
+            phase: r.phase(),
+            finished_at: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+        })
+        .collect()
+}
+
+/// Terminal runs past the per-repo history limits, oldest first.
+fn retention_victims(config: &AfkConfig, runs: &[AfkRun]) -> Vec<String> {
+    let mut by_repo: HashMap<String, (Vec<&AfkRun>, Vec<&AfkRun>)> = HashMap::new();
+    for r in runs.iter().filter(|r| r.is_terminal()) {
+        let entry = by_repo.entry(r.spec.repo.to_ascii_lowercase()).or_default();
+        if r.phase() == Phase::Succeeded { entry.0.push(r) } else { entry.1.push(r) }
+    }
+    let finished = |r: &&AfkRun| r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0);
+    let mut victims = vec![];
+    for (_, (mut ok, mut other)) in by_repo {
+        for (list, keep) in [(&mut ok, config.spec.history.succeeded_to_keep), (&mut other, config.spec.history.failed_to_keep)] {
+            // Newest first; everything past `keep` goes.
+            list.sort_by(|a, b| finished(b).cmp(&finished(a)).then_with(|| b.name_any().cmp(&a.name_any())));
+            victims.extend(list.iter().skip(keep as usize).map(|r| r.name_any()));
+        }
+    }
+    victims.sort();
+    victims
+}
+
+/// Per-poll caches so one poll asks GitHub each question once.
+#[derive(Default)]
+struct PollCache {
+    permissions: HashMap<(String, String), Option<crate::crd::Permission>>,
+    states: HashMap<(String, u64), BlockerState>,
+}
+
+async fn gather(tracker: &dyn Tracker, repo: &str, ready_label: &str, cache: &mut PollCache) -> Result<Vec<ReadyIssue>, crate::adapters::AdapterError> {
+    let listing = tracker.list_labeled_issues(repo, ready_label).await?;
+    let mut out = vec![];
+    for issue in listing.items {
+        let labeler = match tracker.label_events(repo, issue.number).await {
+            Ok(events) => match events.into_iter().rfind(|e| e.label == ready_label) {
+                Some(e) => {
+                    let key = (repo.to_ascii_lowercase(), e.actor_login.to_ascii_lowercase());
+                    let permission = match cache.permissions.get(&key) {
+                        Some(p) => *p,
+                        None => {
+                            let p = tracker.permission(repo, &e.actor_login).await.ok();
+                            cache.permissions.insert(key, p);
+                            p
+                        }
+                    };
+                    Labeler::Known { login: e.actor_login, actor_type: e.actor_type, permission, labeled_at: e.created_at }
+                }
+                None => Labeler::Unknown,
+            },
+            // Fail closed: no attributable event means untrusted.
+            Err(_) => Labeler::Unknown,
+        };
+        let mut facts_error = None;
+        let mut blockers = vec![];
+        for r in parse_blockers(&issue.body) {
+            let target = r.repo_or(repo).to_string();
+            let key = (target.to_ascii_lowercase(), r.number);
+            let state = match cache.states.get(&key) {
+                Some(s) => *s,
+                None => {
+                    let s = match tracker.issue_state(&target, r.number).await.as_deref() {
+                        Ok("closed") => BlockerState::Closed,
+                        Ok("open") => BlockerState::Open,
+                        _ => BlockerState::Unknown,
+                    };
+                    cache.states.insert(key, s);
+                    s
+                }
+            };
+            blockers.push(Blocker { issue: r, state });
+        }
+        match tracker.blocked_by(repo, issue.number).await {
+            Ok(deps) => {
+                for d in deps {
+                    let state = if d.state == "closed" { BlockerState::Closed } else { BlockerState::Open };
+                    cache.states.insert((d.repo.to_ascii_lowercase(), d.number), state);
+                    let issue_ref = if d.repo.eq_ignore_ascii_case(repo) { IssueRef::local(d.number) } else { IssueRef::qualified(d.repo, d.number) };
+                    if !blockers.iter().any(|b| b.issue.points_at(repo, issue_ref.repo_or(repo), issue_ref.number)) {
+                        blockers.push(Blocker { issue: issue_ref, state });
+                    }
+                }
+            }
+            Err(e) => facts_error = Some(format!("dependency lookup failed ({})", e.kind)),
+        }
+        out.push(ReadyIssue {
+            repo: repo.to_string(),
+            number: issue.number,
+            title: issue.title,
+            body: issue.body,
+            labels: issue.labels,
+            labeler,
+            blockers,
+            facts_error,
+        });
+    }
+    Ok(out)
+}
+
+fn new_run_object(config: &AfkConfig, run: &dispatch::NewRun) -> AfkRun {
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(CONFIG_LABEL.to_string(), config.name_any());
+    labels.insert(REPO_LABEL.to_string(), naming::repo_label_value(&run.repo));
+    labels.insert(ISSUE_LABEL.to_string(), run.issue.to_string());
+    AfkRun {
+        metadata: ObjectMeta {
+            name: Some(run.name.clone()),
+            namespace: config.namespace(),
+            labels: Some(labels),
+            owner_references: config.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: AfkRunSpec {
+            config_ref: config.name_any(),
+            repo: run.repo.clone(),
+            issue: run.issue,
+            attempt: run.attempt,
+            priority: run.priority,
+            title: run.title.chars().take(1024).collect(),
+            task_snapshot: crate::crd::TaskSnapshot {
+                title: run.snapshot.title.chars().take(1024).collect(),
+                body: run.snapshot.body.chars().take(65536).collect(),
+                sha256: run.snapshot.sha256.clone(),
+            },
+            cancel: false,
+        },
+        status: None,
+    }
+}
+
+/// The reconcile.
+pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.time_reconcile("afkconfig");
+    let ns = config.namespace().unwrap_or_default();
+    let name = config.name_any();
+    let configs: Api<AfkConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    let runs_api: Api<AfkRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Time(Timestamp::now());
+    let generation = config.metadata.generation;
+    let current = config.status.clone();
+    let mut status = current.clone().unwrap_or_default();
+    status.observed_generation = generation;
+
+    let poll_interval = match config.spec.poll_interval.to_std() {
+        Ok(d) => d,
+        Err(e) => {
+            set_condition(&mut status.conditions, types::STALLED, Status::True, reasons::INVALID_SPEC, e.to_string(), generation, &now);
+            set_condition(&mut status.conditions, types::READY, Status::False, reasons::INVALID_SPEC, e.to_string(), generation, &now);
+            apply_status(&configs, &config, current.as_ref(), &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let mut runs = runs_of(&runs_api, &name).await?;
+    for victim in retention_victims(&config, &runs) {
+        match runs_api.delete(&victim, &DeleteParams::background()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        runs.retain(|r| r.name_any() != victim);
+    }
+    let mut by_phase: HashMap<&'static str, i64> = HashMap::new();
+    for r in &runs {
+        *by_phase.entry(r.phase().as_str()).or_default() += 1;
+    }
+    for phase in ["Pending", "Dispatching", "Working", "Verifying", "FixingForward", "Succeeded", "NeedsHuman", "Frozen", "Cancelled", "Failed"] {
+        ctx.metrics.runs.get_or_create(&metrics::Phase { phase: phase.into() }).set(by_phase.get(phase).copied().unwrap_or(0));
+    }
+
+    let existing = existing(&runs);
+    let estop = config.emergency_stop();
+    let issues = match dispatch::armed(&config.spec, estop) {
+        Err(disarmed) => {
+            let (reason, message) = match &disarmed {
+                Disarmed::EmergencyStop(why) => (reasons::EMERGENCY_STOP, format!("emergency stop: {why}")),
+                Disarmed::Suspended => (reasons::SUSPENDED, "spec.suspend is true".to_string()),
+                Disarmed::EmptyAllowlist => (reasons::EMPTY_ALLOWLIST, "spec.allowlist is empty".to_string()),
+            };
+            set_condition(&mut status.conditions, types::ARMED, Status::False, reason, message, generation, &now);
+            None
+        }
+        Ok(()) => {
+            set_condition(&mut status.conditions, types::ARMED, Status::True, reasons::ARMED, "dispatching ready issues", generation, &now);
+            Some(())
+        }
+    };
+
+    let mut ready_issues = vec![];
+    if issues.is_some() {
+        let adapters = match ctx.adapters.for_config(&config).await {
+            Ok(a) => a,
+            Err(Error::Reference(why)) => {
+                set_condition(&mut status.conditions, types::STALLED, Status::True, "ReferenceError", why.clone(), generation, &now);
+                set_condition(&mut status.conditions, types::READY, Status::False, "ReferenceError", why, generation, &now);
+                apply_status(&configs, &config, current.as_ref(), &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+            Err(e) => return Err(e),
+        };
+        match adapters.executor.environment().await {
+            Ok(env) => {
+                status.executor_version = env.server_version;
+                set_condition(&mut status.conditions, types::EXECUTOR_REACHABLE, Status::True, reasons::REACHABLE, "T3 answered", generation, &now);
+            }
+            Err(e) => {
+                set_condition(&mut status.conditions, types::EXECUTOR_REACHABLE, Status::False, reasons::UNREACHABLE, e.to_string(), generation, &now);
+            }
+        }
+        let mut cache = PollCache::default();
+        let mut tracker_error = None;
+        for entry in &config.spec.allowlist {
+            match gather(adapters.tracker.as_ref(), &entry.repo, &config.spec.labels.ready, &mut cache).await {
+                Ok(mut found) => ready_issues.append(&mut found),
+                Err(e) => tracker_error = Some(format!("{}: {e}", entry.repo)),
+            }
+        }
+        match tracker_error {
+            None => set_condition(&mut status.conditions, types::TRACKER_REACHABLE, Status::True, reasons::REACHABLE, "GitHub answered", generation, &now),
+            Some(e) => set_condition(&mut status.conditions, types::TRACKER_REACHABLE, Status::False, reasons::UNREACHABLE, e, generation, &now),
+        }
+        if let Some(rl) = adapters.tracker.rate_limit() {
+            ctx.metrics.github_rate_limit_remaining.set(rl.remaining as i64);
+            status.rate_limit = Some(RateLimitStatus { remaining: rl.remaining, reset_at: Some(Time(rl.reset)) });
+        }
+        status.last_poll_time = Some(now.clone());
+    }
+
+    let decision = dispatch::decide(&dispatch::DispatchInput { spec: &config.spec, emergency_stop: estop, issues: &ready_issues, runs: &existing });
+    for new in &decision.create {
+        let obj = new_run_object(&config, new);
+        match runs_api.create(&PostParams::default(), &obj).await {
+            Ok(_) => tracing::info!(repo = %new.repo, issue = new.issue, run = %new.name, "created AfkRun"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Idempotent create: the run exists already (a retried poll).
+                tracing::debug!(run = %new.name, "AfkRun already exists");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    status.in_flight = decision.in_flight;
+    status.queue = decision
+        .queue
+        .iter()
+        .map(|q| QueueEntry { repo: q.repo.clone(), issue: q.issue, title: q.title.chars().take(200).collect(), priority: q.priority, reason: q.reason.to_string() })
+        .collect();
+    status.queue_length = status.queue.len() as u32;
+    status.repos = if decision.disarmed.is_some() {
+        // Disarmed: only the holders are known (no tracker I/O).
+        config
+            .spec
+            .allowlist
+            .iter()
+            .map(|e| RepoLockStatus {
+                repo: e.repo.clone(),
+                holder: runs.iter().find(|r| r.spec.repo.eq_ignore_ascii_case(&e.repo) && !r.is_terminal()).map(|r| r.name_any()),
+                waiting: vec![],
+            })
+            .collect()
+    } else {
+        decision.repos.iter().map(|r| RepoLockStatus { repo: r.repo.clone(), holder: r.holder.clone(), waiting: r.waiting.clone() }).collect()
+    };
+    set_condition(&mut status.conditions, types::STALLED, Status::False, reasons::RECONCILED, "", generation, &now);
+    set_condition(&mut status.conditions, types::RECONCILING, Status::False, reasons::RECONCILED, "", generation, &now);
+    set_condition(&mut status.conditions, types::READY, Status::True, reasons::RECONCILED, "", generation, &now);
+    apply_status(&configs, &config, current.as_ref(), &status).await?;
+    ctx.reset_backoff(&format!("afkconfig:{ns}/{name}"));
+    Ok(Action::requeue(jittered(poll_interval)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AfkRunStatus;
+
+    fn run(name: &str, repo: &str, phase: Phase, finished: i64) -> AfkRun {
+        let mut r = AfkRun::new(name, serde_json::from_value(serde_json::json!({
+            "configRef": "c", "repo": repo, "issue": 1, "attempt": 1, "title": "t",
+            "taskSnapshot": {"title": "t", "body": "", "sha256": "a".repeat(64)}
+        })).unwrap());
+        r.status = Some(AfkRunStatus { phase: Some(phase), finished_at: Some(Time(Timestamp::from_second(finished).unwrap())), ..Default::default() });
+        r
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_per_repo_and_kind() {
+        let mut config: AfkConfig = AfkConfig::new("c", serde_json::from_value(serde_json::json!({
+            "tracker": {"github": {"tokenSecretRef": {"name": "g", "key": "t"}}},
+            "executor": {"t3": {"url": "http://t3", "tokenSecretRef": {"name": "t", "key": "t"}, "model": "m"}}
+        })).unwrap());
+        config.spec.history.succeeded_to_keep = 1;
+        config.spec.history.failed_to_keep = 2;
+        let runs = vec![
+            run("a-1", "o/a", Phase::Succeeded, 10),
+            run("a-2", "o/a", Phase::Succeeded, 20),
+            run("a-3", "o/a", Phase::Frozen, 5),
+            run("a-4", "o/a", Phase::Failed, 6),
+            run("a-5", "o/a", Phase::NeedsHuman, 7),
+            run("b-1", "o/b", Phase::Succeeded, 1),
+            run("live", "o/a", Phase::Working, 0),
+        ];
+        assert_eq!(retention_victims(&config, &runs), vec!["a-1", "a-3"]);
+    }
+}

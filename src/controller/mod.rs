@@ -1,0 +1,291 @@
+//! The controllers: observe → decide (with `policy`) → act (through `adapters`) → write status
+//! (server-side apply, one field manager). The AfkConfig controller polls the tracker and creates
+//! AfkRuns; the AfkRun controller drives one run through dispatch, verification, fix-forward and
+//! its terminal effects. Both are idempotent: every external side effect is preceded by a status
+//! write recording the intent, so a crash at any point repeats work harmlessly or skips it.
+
+mod adapters;
+mod config;
+mod leader;
+mod run;
+mod status;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        WatchStreamExt,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+
+pub use adapters::{AdapterCache, Adapters, SharedSecret};
+pub use leader::{LeaderElection, LeaseSettings};
+
+use crate::{
+    adapters::AdapterError,
+    agents::Agents,
+    crd::{self, AfkConfig, AfkRun},
+    metrics::{ErrorLabels, Metrics},
+};
+
+/// Tunables of the controllers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a non-terminal run is looked at while it waits on something external.
+    pub run_requeue: Duration,
+    /// Minimum spacing of GitHub mutations.
+    pub github_min_mutation_interval: Duration,
+    /// How long a loaded secret is trusted before it is read again.
+    pub secret_refresh: Duration,
+    /// Cap of the per-object error backoff.
+    pub max_backoff: Duration,
+    /// Bounded retries for notifications.
+    pub notify_retry: crate::adapters::retry::RetryPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            run_requeue: Duration::from_secs(15),
+            github_min_mutation_interval: Duration::from_secs(1),
+            secret_refresh: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(300),
+            notify_retry: crate::adapters::retry::RetryPolicy::default(),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The agent definitions.
+    pub agents: Arc<Agents>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Adapters per AfkConfig.
+    pub adapters: AdapterCache,
+    backoff: Mutex<HashMap<String, u32>>,
+    checklist_cache: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Context")
+    }
+}
+
+impl Context {
+    /// A context for the controllers.
+    pub fn new(client: Client, agents: Arc<Agents>, metrics: Metrics, settings: Settings) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: crd::FIELD_MANAGER.into(), instance: None });
+        Self {
+            adapters: AdapterCache::new(client.clone(), settings.clone()),
+            client,
+            recorder,
+            metrics,
+            agents,
+            settings,
+            backoff: Mutex::new(HashMap::new()),
+            checklist_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.backoff.lock().expect("backoff").remove(key);
+    }
+
+    /// Exponential per-object backoff with jitter: 1 s doubling to `max_backoff`, ±20 %.
+    fn next_backoff(&self, key: &str, hint: Option<Duration>) -> Duration {
+        let mut map = self.backoff.lock().expect("backoff");
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(20);
+        let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(*n - 1)).min(self.settings.max_backoff);
+        let base = hint.map_or(base, |h| h.max(base).min(self.settings.max_backoff));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let jitter = 0.8 + f64::from(nanos % 400) / 1000.0;
+        base.mul_f64(jitter)
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// An external system failed.
+    #[error("{0}")]
+    Adapter(#[source] AdapterError),
+    /// A referenced object (config, secret) is missing or unusable.
+    #[error("{0}")]
+    Reference(String),
+    /// The finalizer helper failed (boxed: it contains this type).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A static category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(_) => "kube",
+            Error::Adapter(e) => e.kind,
+            Error::Reference(_) => "reference",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    fn retry_hint(&self) -> Option<Duration> {
+        match self {
+            Error::Adapter(e) => e.retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
+    }
+}
+
+impl From<AdapterError> for Error {
+    fn from(e: AdapterError) -> Self {
+        Error::Adapter(e)
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn error_policy<K: Resource>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, err, ctx| {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels { controller: controller.into(), category: err.category().into() })
+            .inc();
+        let delay = ctx.next_backoff(&format!("{controller}:{}", key_of(obj.as_ref())), err.retry_hint());
+        // Conflicts and transient blips are expected; they are logged quietly.
+        if matches!(err.category(), "conflict" | "transport" | "server_error" | "rate_limited") {
+            tracing::debug!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "retrying");
+        } else {
+            tracing::warn!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
+        }
+        Action::requeue(delay)
+    }
+}
+
+/// A hash of what a human changes on an AfkConfig: the spec (via generation) and annotations.
+fn spec_or_annotations(config: &AfkConfig) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.metadata.generation.hash(&mut h);
+    config.metadata.annotations.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Run both controllers until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    ready: Arc<AtomicBool>,
+    trigger: tokio::sync::broadcast::Receiver<ObjectRef<AfkConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (configs, runs): (Api<AfkConfig>, Api<AfkRun>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // Status writes (lastPollTime) must not re-trigger a poll: only spec (generation) and
+    // annotation (emergency stop) changes do. Runs and webhooks trigger through their own paths.
+    let (config_reader, config_writer) = reflector::store();
+    let config_changes = watcher(configs.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(config_writer)
+        .applied_objects()
+        .predicate_filter(spec_or_annotations, Default::default());
+    let config_controller = Controller::for_stream(config_changes, config_reader)
+        .owns(runs.clone(), watcher::Config::default().any_semantic())
+        .reconcile_on(futures::stream::unfold(trigger, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(r) => return Some((r, rx)),
+                    // Missed triggers are harmless: the periodic poll is the safety net.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
+        .graceful_shutdown_on(stop());
+    let config_store = config_controller.store();
+
+    let run_controller = Controller::new(runs.clone(), watcher::Config::default().any_semantic());
+    let run_store = run_controller.store();
+    let run_controller = run_controller
+        .watches(configs, watcher::Config::default().any_semantic(), {
+            let run_store = run_store.clone();
+            move |config: AfkConfig| {
+                let ns = config.namespace();
+                let name = config.name_any();
+                run_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.spec.config_ref == name && !r.is_terminal())
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .graceful_shutdown_on(stop());
+
+    let readiness = {
+        let (cs, rs) = (config_store.clone(), run_store.clone());
+        async move {
+            let _ = cs.wait_until_ready().await;
+            let _ = rs.wait_until_ready().await;
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("watches synced; ready");
+        }
+    };
+
+    let configs_fut = config_controller
+        .run(config::reconcile, error_policy::<AfkConfig>("afkconfig"), ctx.clone())
+        .for_each(|_| async {});
+    let runs_fut = run_controller.run(run::reconcile, error_policy::<AfkRun>("afkrun"), ctx.clone()).for_each(|_| async {});
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let readiness = tokio::spawn(readiness);
+    tokio::join!(configs_fut, runs_fut);
+    readiness.abort();
+}

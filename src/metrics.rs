@@ -1,0 +1,168 @@
+//! Prometheus metrics (text exposition at `/metrics`). Label values are static categories or
+//! bounded sets (phases, kinds, controller names) — never error payloads, repos or run names —
+//! so cardinality stays fixed.
+
+use std::{sync::Arc, time::Instant};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// A label set with one label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Phase {
+    /// The run phase.
+    pub phase: String,
+}
+
+/// A label set naming a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Result_ {
+    /// `ok`, `transient`, `permanent`.
+    pub result: String,
+}
+
+/// A label set naming a kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// E.g. `needs-human`.
+    pub kind: String,
+}
+
+/// A label set for reconcile metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Controller {
+    /// `afkconfig` or `afkrun`.
+    pub controller: String,
+}
+
+/// A label set for reconcile errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `afkconfig` or `afkrun`.
+    pub controller: String,
+    /// Static error category.
+    pub category: String,
+}
+
+/// Every metric the operator exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Runs by phase (set by the AfkConfig reconcile).
+    pub runs: Family<Phase, Gauge>,
+    /// Dispatches by result.
+    pub dispatches: Family<Result_, Counter>,
+    /// Escalations to a human by kind.
+    pub escalations: Family<Kind, Counter>,
+    /// Corrective turns sent.
+    pub fix_forwards: Counter,
+    /// Reconcile duration.
+    pub reconcile_duration: Family<Controller, Histogram>,
+    /// Reconcile errors by static category.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// GitHub requests left in the rate-limit window.
+    pub github_rate_limit_remaining: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered under the `afk` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("afk");
+        let runs = Family::<Phase, Gauge>::default();
+        let dispatches = Family::<Result_, Counter>::default();
+        let escalations = Family::<Kind, Counter>::default();
+        let fix_forwards = Counter::default();
+        let reconcile_duration = Family::<Controller, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let github_rate_limit_remaining = Gauge::default();
+        registry.register("runs", "AfkRuns by phase", runs.clone());
+        registry.register("dispatches", "Dispatches to the executor by result", dispatches.clone());
+        registry.register("escalations", "Runs handed to a human by kind", escalations.clone());
+        registry.register("fix_forwards", "Corrective turns sent", fix_forwards.clone());
+        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
+        registry.register("reconcile_errors", "Reconcile errors by category", reconcile_errors.clone());
+        registry.register("github_rate_limit_remaining", "GitHub requests left in the window", github_rate_limit_remaining.clone());
+        Self {
+            registry: Arc::new(registry),
+            runs,
+            dispatches,
+            escalations,
+            fix_forwards,
+            reconcile_duration,
+            reconcile_errors,
+            github_rate_limit_remaining,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A timer that records the reconcile duration when dropped.
+    pub fn time_reconcile(&self, controller: &str) -> ReconcileTimer {
+        ReconcileTimer { metrics: self.clone(), controller: controller.to_string(), start: Instant::now() }
+    }
+}
+
+/// Records a reconcile's duration on drop.
+pub struct ReconcileTimer {
+    metrics: Metrics,
+    controller: String,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&Controller { controller: self.controller.clone() })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.dispatches.get_or_create(&Result_ { result: "ok".into() }).inc();
+        m.escalations.get_or_create(&Kind { kind: "frozen".into() }).inc();
+        m.fix_forwards.inc();
+        m.runs.get_or_create(&Phase { phase: "Working".into() }).set(2);
+        drop(m.time_reconcile("afkrun"));
+        let text = m.render();
+        for needle in [
+            "afk_dispatches_total{result=\"ok\"} 1",
+            "afk_escalations_total{kind=\"frozen\"} 1",
+            "afk_fix_forwards_total 1",
+            "afk_runs{phase=\"Working\"} 2",
+            "afk_reconcile_duration_seconds_count{controller=\"afkrun\"} 1",
+            "afk_github_rate_limit_remaining 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}
