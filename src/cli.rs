@@ -103,7 +103,10 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
     let agents = load_agents(&args.sidecar)?;
     let client = connect(&args).await?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
-    tracing::info!(namespace = args.namespace.as_deref().unwrap_or("*"), "connected; CRDs installed");
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("*"),
+        "connected; CRDs installed"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -123,7 +126,10 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
 
     let metrics = crate::metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let state = sidecar::SidecarState { ready: ready.clone(), metrics: metrics.clone() };
+    let state = sidecar::SidecarState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
     let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
 
     let settings = controller::Settings {
@@ -131,14 +137,23 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         github_min_mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
         ..controller::Settings::default()
     };
-    let ctx = Arc::new(controller::Context::new(client.clone(), Arc::new(agents), metrics, settings));
+    let ctx = Arc::new(controller::Context::new(
+        client.clone(),
+        Arc::new(agents),
+        metrics,
+        settings,
+    ));
     let (trigger, _) = tokio::sync::broadcast::channel(64);
 
     if args.leader_election {
         let identity = args.identity.clone().unwrap_or_else(hostname);
         let lease = controller::LeaseSettings {
             name: args.lease_name.clone(),
-            namespace: args.lease_namespace.clone().or_else(|| args.namespace.clone()).unwrap_or_else(|| "default".into()),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| args.namespace.clone())
+                .unwrap_or_else(|| "default".into()),
             identity,
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
@@ -165,7 +180,14 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
                     () = stop => {}
                 }
             };
-            controller::run(ctx.clone(), args.namespace.clone(), ready.clone(), trigger.subscribe(), end).await;
+            controller::run(
+                ctx.clone(),
+                args.namespace.clone(),
+                ready.clone(),
+                trigger.subscribe(),
+                end,
+            )
+            .await;
             ready.store(true, Ordering::SeqCst);
             if is_stopped() {
                 break;
@@ -184,7 +206,11 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("afk-operator-{}", std::process::id()))
 }

@@ -93,12 +93,32 @@ impl Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let github_rate_limit_remaining = Gauge::default();
         registry.register("runs", "AfkRuns by phase", runs.clone());
-        registry.register("dispatches", "Dispatches to the executor by result", dispatches.clone());
-        registry.register("escalations", "Runs handed to a human by kind", escalations.clone());
+        registry.register(
+            "dispatches",
+            "Dispatches to the executor by result",
+            dispatches.clone(),
+        );
+        registry.register(
+            "escalations",
+            "Runs handed to a human by kind",
+            escalations.clone(),
+        );
         registry.register("fix_forwards", "Corrective turns sent", fix_forwards.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
-        registry.register("reconcile_errors", "Reconcile errors by category", reconcile_errors.clone());
-        registry.register("github_rate_limit_remaining", "GitHub requests left in the window", github_rate_limit_remaining.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "github_rate_limit_remaining",
+            "GitHub requests left in the window",
+            github_rate_limit_remaining.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             runs,
@@ -121,7 +141,11 @@ impl Metrics {
 
     /// A timer that records the reconcile duration when dropped.
     pub fn time_reconcile(&self, controller: &str) -> ReconcileTimer {
-        ReconcileTimer { metrics: self.clone(), controller: controller.to_string(), start: Instant::now() }
+        ReconcileTimer {
+            metrics: self.clone(),
+            controller: controller.to_string(),
+            start: Instant::now(),
+        }
     }
 }
 
@@ -136,7 +160,9 @@ impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.metrics
             .reconcile_duration
-            .get_or_create(&Controller { controller: self.controller.clone() })
+            .get_or_create(&Controller {
+                controller: self.controller.clone(),
+            })
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
@@ -149,9 +175,17 @@ mod tests {
     fn renders_every_family() {
         let m = Metrics::new();
         m.dispatches.get_or_create(&Result_ { result: "ok".into() }).inc();
-        m.escalations.get_or_create(&Kind { kind: "frozen".into() }).inc();
+        m.escalations
+            .get_or_create(&Kind {
+                kind: "frozen".into(),
+            })
+            .inc();
         m.fix_forwards.inc();
-        m.runs.get_or_create(&Phase { phase: "Working".into() }).set(2);
+        m.runs
+            .get_or_create(&Phase {
+                phase: "Working".into(),
+            })
+            .set(2);
         drop(m.time_reconcile("afkrun"));
         let text = m.render();
         for needle in [

@@ -77,7 +77,9 @@ pub struct Adapters {
 
 impl std::fmt::Debug for Adapters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Adapters").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("Adapters")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,7 +124,11 @@ fn secret_refs(config: &AfkConfig) -> Result<Vec<(&'static str, SecretKeyRef)>, 
 impl AdapterCache {
     /// An empty cache.
     pub fn new(client: Client, settings: Settings) -> Self {
-        Self { client, settings, map: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            settings,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The adapters for `config`, built or refreshed as needed.
@@ -134,8 +140,15 @@ impl AdapterCache {
             t3: spec.executor.t3.url.clone(),
             woodpecker: spec.ci.woodpecker.as_ref().map(|w| w.url.clone()),
             slack: spec.notify.slack.is_some(),
-            ntfy: spec.notify.ntfy.as_ref().map(|n| (n.url.clone(), n.topic.clone(), n.token_secret_ref.is_some())),
-            secrets: refs.iter().map(|(_, r)| (r.name.clone(), r.key.clone())).collect(),
+            ntfy: spec
+                .notify
+                .ntfy
+                .as_ref()
+                .map(|n| (n.url.clone(), n.topic.clone(), n.token_secret_ref.is_some())),
+            secrets: refs
+                .iter()
+                .map(|(_, r)| (r.name.clone(), r.key.clone()))
+                .collect(),
         };
         let id = format!("{}/{}", config.namespace().unwrap_or_default(), config.name_any());
         let existing = self.map.lock().expect("adapter cache").get(&id).cloned();
@@ -147,7 +160,11 @@ impl AdapterCache {
                 built
             }
         };
-        let stale = adapters.loaded_at.lock().expect("loaded").is_none_or(|t| t.elapsed() >= self.settings.secret_refresh);
+        let stale = adapters
+            .loaded_at
+            .lock()
+            .expect("loaded")
+            .is_none_or(|t| t.elapsed() >= self.settings.secret_refresh);
         if stale {
             let ns = config.namespace().unwrap_or_default();
             let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &ns);
@@ -173,7 +190,10 @@ impl AdapterCache {
         let tracker: Arc<dyn Tracker> = Arc::new(GitHubClient::new(
             &spec.tracker.github.api_url,
             github_token,
-            GitHubOptions { min_mutation_interval: self.settings.github_min_mutation_interval, ..GitHubOptions::default() },
+            GitHubOptions {
+                min_mutation_interval: self.settings.github_min_mutation_interval,
+                ..GitHubOptions::default()
+            },
         ));
         let executor: Arc<dyn Executor> = Arc::new(T3Client::new(&spec.executor.t3.url, t3_token));
         let deploy: Option<Arc<dyn DeployCi>> = spec.ci.woodpecker.as_ref().and_then(|w| {
@@ -188,7 +208,12 @@ impl AdapterCache {
         }
         if let Some(n) = &spec.notify.ntfy {
             let token = shared("ntfy").map(|t| t as Arc<dyn SecretSource>);
-            notifiers.push(Arc::new(NtfyNotifier::new(&n.url, &n.topic, token, self.settings.notify_retry)));
+            notifiers.push(Arc::new(NtfyNotifier::new(
+                &n.url,
+                &n.topic,
+                token,
+                self.settings.notify_retry,
+            )));
         }
         Adapters {
             key,
@@ -204,17 +229,24 @@ impl AdapterCache {
 }
 
 async fn read_secret(api: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Secret, Error> {
-    let secret = api.get_opt(&r.name).await?.ok_or_else(|| Error::Reference(format!("Secret {:?} not found", r.name)))?;
+    let secret = api
+        .get_opt(&r.name)
+        .await?
+        .ok_or_else(|| Error::Reference(format!("Secret {:?} not found", r.name)))?;
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&r.key))
         .map(|b| b.0.clone())
         .ok_or_else(|| Error::Reference(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
-    let text = String::from_utf8(bytes).map_err(|_| Error::Reference(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Reference(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(Error::Reference(format!("Secret {:?} key {:?} is empty", r.name, r.key)));
+        return Err(Error::Reference(format!(
+            "Secret {:?} key {:?} is empty",
+            r.name, r.key
+        )));
     }
     Ok(Secret::new(value))
 }

@@ -30,13 +30,22 @@ use crate::{
 };
 
 fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     d.mul_f64(0.9 + f64::from(nanos % 200) / 1000.0)
 }
 
 /// The runs of a config: those labelled by the controller and any created by hand naming it.
 async fn runs_of(api: &Api<AfkRun>, config: &str) -> Result<Vec<AfkRun>, Error> {
-    Ok(api.list(&ListParams::default()).await?.items.into_iter().filter(|r| r.spec.config_ref == config).collect())
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| r.spec.config_ref == config)
+        .collect())
 }
 
 fn existing(runs: &[AfkRun]) -> Vec<ExistingRun> {
@@ -47,7 +56,11 @@ fn existing(runs: &[AfkRun]) -> Vec<ExistingRun> {
             issue: r.spec.issue,
             attempt: r.spec.attempt,
             phase: r.phase(),
-            finished_at: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+            finished_at: r
+                .status
+                .as_ref()
+                .and_then(|s| s.finished_at.as_ref())
+                .map(|t| t.0),
         })
         .collect()
 }
@@ -57,14 +70,30 @@ fn retention_victims(config: &AfkConfig, runs: &[AfkRun]) -> Vec<String> {
     let mut by_repo: HashMap<String, (Vec<&AfkRun>, Vec<&AfkRun>)> = HashMap::new();
     for r in runs.iter().filter(|r| r.is_terminal()) {
         let entry = by_repo.entry(r.spec.repo.to_ascii_lowercase()).or_default();
-        if r.phase() == Phase::Succeeded { entry.0.push(r) } else { entry.1.push(r) }
+        if r.phase() == Phase::Succeeded {
+            entry.0.push(r)
+        } else {
+            entry.1.push(r)
+        }
     }
-    let finished = |r: &&AfkRun| r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0);
+    let finished = |r: &&AfkRun| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.finished_at.as_ref())
+            .map(|t| t.0)
+    };
     let mut victims = vec![];
     for (_, (mut ok, mut other)) in by_repo {
-        for (list, keep) in [(&mut ok, config.spec.history.succeeded_to_keep), (&mut other, config.spec.history.failed_to_keep)] {
+        for (list, keep) in [
+            (&mut ok, config.spec.history.succeeded_to_keep),
+            (&mut other, config.spec.history.failed_to_keep),
+        ] {
             // Newest first; everything past `keep` goes.
-            list.sort_by(|a, b| finished(b).cmp(&finished(a)).then_with(|| b.name_any().cmp(&a.name_any())));
+            list.sort_by(|a, b| {
+                finished(b)
+                    .cmp(&finished(a))
+                    .then_with(|| b.name_any().cmp(&a.name_any()))
+            });
             victims.extend(list.iter().skip(keep as usize).map(|r| r.name_any()));
         }
     }
@@ -79,7 +108,12 @@ struct PollCache {
     states: HashMap<(String, u64), BlockerState>,
 }
 
-async fn gather(tracker: &dyn Tracker, repo: &str, ready_label: &str, cache: &mut PollCache) -> Result<Vec<ReadyIssue>, crate::adapters::AdapterError> {
+async fn gather(
+    tracker: &dyn Tracker,
+    repo: &str,
+    ready_label: &str,
+    cache: &mut PollCache,
+) -> Result<Vec<ReadyIssue>, crate::adapters::AdapterError> {
     let listing = tracker.list_labeled_issues(repo, ready_label).await?;
     let mut out = vec![];
     for issue in listing.items {
@@ -95,7 +129,12 @@ async fn gather(tracker: &dyn Tracker, repo: &str, ready_label: &str, cache: &mu
                             p
                         }
                     };
-                    Labeler::Known { login: e.actor_login, actor_type: e.actor_type, permission, labeled_at: e.created_at }
+                    Labeler::Known {
+                        login: e.actor_login,
+                        actor_type: e.actor_type,
+                        permission,
+                        labeled_at: e.created_at,
+                    }
                 }
                 None => Labeler::Unknown,
             },
@@ -124,11 +163,27 @@ async fn gather(tracker: &dyn Tracker, repo: &str, ready_label: &str, cache: &mu
         match tracker.blocked_by(repo, issue.number).await {
             Ok(deps) => {
                 for d in deps {
-                    let state = if d.state == "closed" { BlockerState::Closed } else { BlockerState::Open };
-                    cache.states.insert((d.repo.to_ascii_lowercase(), d.number), state);
-                    let issue_ref = if d.repo.eq_ignore_ascii_case(repo) { IssueRef::local(d.number) } else { IssueRef::qualified(d.repo, d.number) };
-                    if !blockers.iter().any(|b| b.issue.points_at(repo, issue_ref.repo_or(repo), issue_ref.number)) {
-                        blockers.push(Blocker { issue: issue_ref, state });
+                    let state = if d.state == "closed" {
+                        BlockerState::Closed
+                    } else {
+                        BlockerState::Open
+                    };
+                    cache
+                        .states
+                        .insert((d.repo.to_ascii_lowercase(), d.number), state);
+                    let issue_ref = if d.repo.eq_ignore_ascii_case(repo) {
+                        IssueRef::local(d.number)
+                    } else {
+                        IssueRef::qualified(d.repo, d.number)
+                    };
+                    if !blockers
+                        .iter()
+                        .any(|b| b.issue.points_at(repo, issue_ref.repo_or(repo), issue_ref.number))
+                    {
+                        blockers.push(Blocker {
+                            issue: issue_ref,
+                            state,
+                        });
                     }
                 }
             }
@@ -195,8 +250,24 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     let poll_interval = match config.spec.poll_interval.to_std() {
         Ok(d) => d,
         Err(e) => {
-            set_condition(&mut status.conditions, types::STALLED, Status::True, reasons::INVALID_SPEC, e.to_string(), generation, &now);
-            set_condition(&mut status.conditions, types::READY, Status::False, reasons::INVALID_SPEC, e.to_string(), generation, &now);
+            set_condition(
+                &mut status.conditions,
+                types::STALLED,
+                Status::True,
+                reasons::INVALID_SPEC,
+                e.to_string(),
+                generation,
+                &now,
+            );
+            set_condition(
+                &mut status.conditions,
+                types::READY,
+                Status::False,
+                reasons::INVALID_SPEC,
+                e.to_string(),
+                generation,
+                &now,
+            );
             apply_status(&configs, &config, current.as_ref(), &status).await?;
             return Ok(Action::await_change());
         }
@@ -214,8 +285,22 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     for r in &runs {
         *by_phase.entry(r.phase().as_str()).or_default() += 1;
     }
-    for phase in ["Pending", "Dispatching", "Working", "Verifying", "FixingForward", "Succeeded", "NeedsHuman", "Frozen", "Cancelled", "Failed"] {
-        ctx.metrics.runs.get_or_create(&metrics::Phase { phase: phase.into() }).set(by_phase.get(phase).copied().unwrap_or(0));
+    for phase in [
+        "Pending",
+        "Dispatching",
+        "Working",
+        "Verifying",
+        "FixingForward",
+        "Succeeded",
+        "NeedsHuman",
+        "Frozen",
+        "Cancelled",
+        "Failed",
+    ] {
+        ctx.metrics
+            .runs
+            .get_or_create(&metrics::Phase { phase: phase.into() })
+            .set(by_phase.get(phase).copied().unwrap_or(0));
     }
 
     let existing = existing(&runs);
@@ -227,11 +312,27 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
                 Disarmed::Suspended => (reasons::SUSPENDED, "spec.suspend is true".to_string()),
                 Disarmed::EmptyAllowlist => (reasons::EMPTY_ALLOWLIST, "spec.allowlist is empty".to_string()),
             };
-            set_condition(&mut status.conditions, types::ARMED, Status::False, reason, message, generation, &now);
+            set_condition(
+                &mut status.conditions,
+                types::ARMED,
+                Status::False,
+                reason,
+                message,
+                generation,
+                &now,
+            );
             None
         }
         Ok(()) => {
-            set_condition(&mut status.conditions, types::ARMED, Status::True, reasons::ARMED, "dispatching ready issues", generation, &now);
+            set_condition(
+                &mut status.conditions,
+                types::ARMED,
+                Status::True,
+                reasons::ARMED,
+                "dispatching ready issues",
+                generation,
+                &now,
+            );
             Some(())
         }
     };
@@ -241,8 +342,24 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
         let adapters = match ctx.adapters.for_config(&config).await {
             Ok(a) => a,
             Err(Error::Reference(why)) => {
-                set_condition(&mut status.conditions, types::STALLED, Status::True, "ReferenceError", why.clone(), generation, &now);
-                set_condition(&mut status.conditions, types::READY, Status::False, "ReferenceError", why, generation, &now);
+                set_condition(
+                    &mut status.conditions,
+                    types::STALLED,
+                    Status::True,
+                    "ReferenceError",
+                    why.clone(),
+                    generation,
+                    &now,
+                );
+                set_condition(
+                    &mut status.conditions,
+                    types::READY,
+                    Status::False,
+                    "ReferenceError",
+                    why,
+                    generation,
+                    &now,
+                );
                 apply_status(&configs, &config, current.as_ref(), &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
@@ -251,32 +368,79 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
         match adapters.executor.environment().await {
             Ok(env) => {
                 status.executor_version = env.server_version;
-                set_condition(&mut status.conditions, types::EXECUTOR_REACHABLE, Status::True, reasons::REACHABLE, "T3 answered", generation, &now);
+                set_condition(
+                    &mut status.conditions,
+                    types::EXECUTOR_REACHABLE,
+                    Status::True,
+                    reasons::REACHABLE,
+                    "T3 answered",
+                    generation,
+                    &now,
+                );
             }
             Err(e) => {
-                set_condition(&mut status.conditions, types::EXECUTOR_REACHABLE, Status::False, reasons::UNREACHABLE, e.to_string(), generation, &now);
+                set_condition(
+                    &mut status.conditions,
+                    types::EXECUTOR_REACHABLE,
+                    Status::False,
+                    reasons::UNREACHABLE,
+                    e.to_string(),
+                    generation,
+                    &now,
+                );
             }
         }
         let mut cache = PollCache::default();
         let mut tracker_error = None;
         for entry in &config.spec.allowlist {
-            match gather(adapters.tracker.as_ref(), &entry.repo, &config.spec.labels.ready, &mut cache).await {
+            match gather(
+                adapters.tracker.as_ref(),
+                &entry.repo,
+                &config.spec.labels.ready,
+                &mut cache,
+            )
+            .await
+            {
                 Ok(mut found) => ready_issues.append(&mut found),
                 Err(e) => tracker_error = Some(format!("{}: {e}", entry.repo)),
             }
         }
         match tracker_error {
-            None => set_condition(&mut status.conditions, types::TRACKER_REACHABLE, Status::True, reasons::REACHABLE, "GitHub answered", generation, &now),
-            Some(e) => set_condition(&mut status.conditions, types::TRACKER_REACHABLE, Status::False, reasons::UNREACHABLE, e, generation, &now),
+            None => set_condition(
+                &mut status.conditions,
+                types::TRACKER_REACHABLE,
+                Status::True,
+                reasons::REACHABLE,
+                "GitHub answered",
+                generation,
+                &now,
+            ),
+            Some(e) => set_condition(
+                &mut status.conditions,
+                types::TRACKER_REACHABLE,
+                Status::False,
+                reasons::UNREACHABLE,
+                e,
+                generation,
+                &now,
+            ),
         }
         if let Some(rl) = adapters.tracker.rate_limit() {
             ctx.metrics.github_rate_limit_remaining.set(rl.remaining as i64);
-            status.rate_limit = Some(RateLimitStatus { remaining: rl.remaining, reset_at: Some(Time(rl.reset)) });
+            status.rate_limit = Some(RateLimitStatus {
+                remaining: rl.remaining,
+                reset_at: Some(Time(rl.reset)),
+            });
         }
         status.last_poll_time = Some(now.clone());
     }
 
-    let decision = dispatch::decide(&dispatch::DispatchInput { spec: &config.spec, emergency_stop: estop, issues: &ready_issues, runs: &existing });
+    let decision = dispatch::decide(&dispatch::DispatchInput {
+        spec: &config.spec,
+        emergency_stop: estop,
+        issues: &ready_issues,
+        runs: &existing,
+    });
     for new in &decision.create {
         let obj = new_run_object(&config, new);
         match runs_api.create(&PostParams::default(), &obj).await {
@@ -290,10 +454,19 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     }
 
     status.in_flight = decision.in_flight;
+    // Issues already being worked on are not waiting: they stay out of the queue view.
+    let waiting = |q: &&dispatch::Queued| !matches!(q.reason, dispatch::SkipReason::InProgress { .. });
     status.queue = decision
         .queue
         .iter()
-        .map(|q| QueueEntry { repo: q.repo.clone(), issue: q.issue, title: q.title.chars().take(200).collect(), priority: q.priority, reason: q.reason.to_string() })
+        .filter(waiting)
+        .map(|q| QueueEntry {
+            repo: q.repo.clone(),
+            issue: q.issue,
+            title: q.title.chars().take(200).collect(),
+            priority: q.priority,
+            reason: q.reason.to_string(),
+        })
         .collect();
     status.queue_length = status.queue.len() as u32;
     status.repos = if decision.disarmed.is_some() {
@@ -304,16 +477,61 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
             .iter()
             .map(|e| RepoLockStatus {
                 repo: e.repo.clone(),
-                holder: runs.iter().find(|r| r.spec.repo.eq_ignore_ascii_case(&e.repo) && !r.is_terminal()).map(|r| r.name_any()),
+                holder: runs
+                    .iter()
+                    .find(|r| r.spec.repo.eq_ignore_ascii_case(&e.repo) && !r.is_terminal())
+                    .map(|r| r.name_any()),
                 waiting: vec![],
             })
             .collect()
     } else {
-        decision.repos.iter().map(|r| RepoLockStatus { repo: r.repo.clone(), holder: r.holder.clone(), waiting: r.waiting.clone() }).collect()
+        decision
+            .repos
+            .iter()
+            .map(|r| RepoLockStatus {
+                repo: r.repo.clone(),
+                holder: r.holder.clone(),
+                waiting: r
+                    .waiting
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        status
+                            .queue
+                            .iter()
+                            .any(|q| q.issue == *n && q.repo.eq_ignore_ascii_case(&r.repo))
+                    })
+                    .collect(),
+            })
+            .collect()
     };
-    set_condition(&mut status.conditions, types::STALLED, Status::False, reasons::RECONCILED, "", generation, &now);
-    set_condition(&mut status.conditions, types::RECONCILING, Status::False, reasons::RECONCILED, "", generation, &now);
-    set_condition(&mut status.conditions, types::READY, Status::True, reasons::RECONCILED, "", generation, &now);
+    set_condition(
+        &mut status.conditions,
+        types::STALLED,
+        Status::False,
+        reasons::RECONCILED,
+        "",
+        generation,
+        &now,
+    );
+    set_condition(
+        &mut status.conditions,
+        types::RECONCILING,
+        Status::False,
+        reasons::RECONCILED,
+        "",
+        generation,
+        &now,
+    );
+    set_condition(
+        &mut status.conditions,
+        types::READY,
+        Status::True,
+        reasons::RECONCILED,
+        "",
+        generation,
+        &now,
+    );
     apply_status(&configs, &config, current.as_ref(), &status).await?;
     ctx.reset_backoff(&format!("afkconfig:{ns}/{name}"));
     Ok(Action::requeue(jittered(poll_interval)))
@@ -325,11 +543,19 @@ mod tests {
     use crate::crd::AfkRunStatus;
 
     fn run(name: &str, repo: &str, phase: Phase, finished: i64) -> AfkRun {
-        let mut r = AfkRun::new(name, serde_json::from_value(serde_json::json!({
-            "configRef": "c", "repo": repo, "issue": 1, "attempt": 1, "title": "t",
-            "taskSnapshot": {"title": "t", "body": "", "sha256": "a".repeat(64)}
-        })).unwrap());
-        r.status = Some(AfkRunStatus { phase: Some(phase), finished_at: Some(Time(Timestamp::from_second(finished).unwrap())), ..Default::default() });
+        let mut r = AfkRun::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "configRef": "c", "repo": repo, "issue": 1, "attempt": 1, "title": "t",
+                "taskSnapshot": {"title": "t", "body": "", "sha256": "a".repeat(64)}
+            }))
+            .unwrap(),
+        );
+        r.status = Some(AfkRunStatus {
+            phase: Some(phase),
+            finished_at: Some(Time(Timestamp::from_second(finished).unwrap())),
+            ..Default::default()
+        });
         r
     }
 

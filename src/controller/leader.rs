@@ -40,14 +40,19 @@ pub struct LeaderElection {
 
 impl std::fmt::Debug for LeaderElection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderElection").field("settings", &self.settings).finish()
+        f.debug_struct("LeaderElection")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
 impl LeaderElection {
     /// An election over `settings.namespace/settings.name`.
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        Self { api: Api::namespaced(client, &settings.namespace), settings }
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+        }
     }
 
     /// Acquire or renew once. `Ok(true)` when we hold the lease afterwards.
@@ -57,7 +62,10 @@ impl LeaderElection {
         let duration_secs = self.settings.lease_duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.settings.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -75,7 +83,8 @@ impl LeaderElection {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let valid_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(duration_secs).max(0) as u64);
+        let valid_for =
+            Duration::from_secs(spec.lease_duration_seconds.unwrap_or(duration_secs).max(0) as u64);
         let expired = spec.renew_time.as_ref().is_none_or(|t| {
             let age = Timestamp::now().duration_since(t.0);
             Duration::try_from(age).unwrap_or(Duration::ZERO) >= valid_for
@@ -94,7 +103,11 @@ impl LeaderElection {
         }
         lease.spec = Some(next);
         // The resourceVersion read above makes this a compare-and-swap.
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),

@@ -23,10 +23,9 @@ use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
-        WatchStreamExt,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -96,7 +95,13 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for the controllers.
     pub fn new(client: Client, agents: Arc<Agents>, metrics: Metrics, settings: Settings) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: crd::FIELD_MANAGER.into(), instance: None });
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: crd::FIELD_MANAGER.into(),
+                instance: None,
+            },
+        );
         Self {
             adapters: AdapterCache::new(client.clone(), settings.clone()),
             client,
@@ -118,9 +123,14 @@ impl Context {
         let mut map = self.backoff.lock().expect("backoff");
         let n = map.entry(key.to_string()).or_insert(0);
         *n = (*n + 1).min(20);
-        let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(*n - 1)).min(self.settings.max_backoff);
+        let base = Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow(*n - 1))
+            .min(self.settings.max_backoff);
         let base = hint.map_or(base, |h| h.max(base).min(self.settings.max_backoff));
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let jitter = 0.8 + f64::from(nanos % 400) / 1000.0;
         base.mul_f64(jitter)
     }
@@ -183,11 +193,20 @@ fn error_policy<K: Resource>(controller: &'static str) -> impl Fn(Arc<K>, &Error
     move |obj, err, ctx| {
         ctx.metrics
             .reconcile_errors
-            .get_or_create(&ErrorLabels { controller: controller.into(), category: err.category().into() })
+            .get_or_create(&ErrorLabels {
+                controller: controller.into(),
+                category: err.category().into(),
+            })
             .inc();
-        let delay = ctx.next_backoff(&format!("{controller}:{}", key_of(obj.as_ref())), err.retry_hint());
+        let delay = ctx.next_backoff(
+            &format!("{controller}:{}", key_of(obj.as_ref())),
+            err.retry_hint(),
+        );
         // Conflicts and transient blips are expected; they are logged quietly.
-        if matches!(err.category(), "conflict" | "transport" | "server_error" | "rate_limited") {
+        if matches!(
+            err.category(),
+            "conflict" | "transport" | "server_error" | "rate_limited"
+        ) {
             tracing::debug!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "retrying");
         } else {
             tracing::warn!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
@@ -215,7 +234,10 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let (configs, runs): (Api<AfkConfig>, Api<AfkRun>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -278,9 +300,15 @@ pub async fn run(
     };
 
     let configs_fut = config_controller
-        .run(config::reconcile, error_policy::<AfkConfig>("afkconfig"), ctx.clone())
+        .run(
+            config::reconcile,
+            error_policy::<AfkConfig>("afkconfig"),
+            ctx.clone(),
+        )
         .for_each(|_| async {});
-    let runs_fut = run_controller.run(run::reconcile, error_policy::<AfkRun>("afkrun"), ctx.clone()).for_each(|_| async {});
+    let runs_fut = run_controller
+        .run(run::reconcile, error_policy::<AfkRun>("afkrun"), ctx.clone())
+        .for_each(|_| async {});
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);

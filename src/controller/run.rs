@@ -25,8 +25,8 @@ use crate::{
         t3::{Command, ModelSelection, ThreadShell, TurnMessage},
     },
     crd::{
-        AfkConfig, AfkRun, AfkRunStatus, CiStatus, CiVerdict, CommandIntent, DispatchIntent, FixForwardStatus, Phase,
-        RUN_FINALIZER, RepoEntry, StageName,
+        AfkConfig, AfkRun, AfkRunStatus, CiStatus, CiVerdict, CommandIntent, DispatchIntent,
+        FixForwardStatus, Phase, RUN_FINALIZER, RepoEntry, StageName,
         condition::{Status, set_condition, types},
     },
     metrics,
@@ -35,7 +35,10 @@ use crate::{
         naming::{derived_id, project_id, workspace_root},
         parse::commit_belongs_to_run,
         render::{self, NotificationKind, RunView},
-        run::{self as decide, Budgets, RunAction, RunObservation, SessionStatus, ThreadObservation, ThreadView, TurnState, TurnView},
+        run::{
+            self as decide, Budgets, RunAction, RunObservation, SessionStatus, ThreadObservation, ThreadView,
+            TurnState, TurnView,
+        },
     },
 };
 
@@ -125,7 +128,11 @@ impl Work {
         let phase = self.st.phase.unwrap_or(Phase::Pending);
         let generation = self.run.metadata.generation;
         let now = self.time();
-        let reason = self.st.reason.clone().unwrap_or_else(|| phase.as_str().to_string());
+        let reason = self
+            .st
+            .reason
+            .clone()
+            .unwrap_or_else(|| phase.as_str().to_string());
         let message = self.st.message.clone().unwrap_or_default();
         let c = &mut self.st.conditions;
         let (ready, reconciling, stalled) = match phase {
@@ -135,7 +142,15 @@ impl Work {
             _ => (Status::False, Status::True, Status::False),
         };
         set_condition(c, types::READY, ready, &reason, message.clone(), generation, &now);
-        set_condition(c, types::RECONCILING, reconciling, &reason, message.clone(), generation, &now);
+        set_condition(
+            c,
+            types::RECONCILING,
+            reconciling,
+            &reason,
+            message.clone(),
+            generation,
+            &now,
+        );
         set_condition(c, types::STALLED, stalled, &reason, message, generation, &now);
     }
 
@@ -144,18 +159,25 @@ impl Work {
     }
 
     fn workspace_root(&self) -> String {
-        self.entry.workspace_root.clone().unwrap_or_else(|| workspace_root(&self.config.spec.executor.t3.workspace_base, &self.run.spec.repo))
+        self.entry.workspace_root.clone().unwrap_or_else(|| {
+            workspace_root(&self.config.spec.executor.t3.workspace_base, &self.run.spec.repo)
+        })
     }
 
     fn thread_url(&self, thread_id: &str) -> String {
         let t3 = &self.config.spec.executor.t3;
         let public = t3.public_url.clone().unwrap_or_else(|| t3.url.clone());
-        t3.thread_url_template.replace("{publicUrl}", public.trim_end_matches('/')).replace("{threadId}", thread_id)
+        t3.thread_url_template
+            .replace("{publicUrl}", public.trim_end_matches('/'))
+            .replace("{threadId}", thread_id)
     }
 
     fn view(&self) -> RunView<'_> {
         let ff = self.st.fix_forward.clone().unwrap_or_default();
-        let elapsed = ff.first_red_at.as_ref().map_or(Duration::ZERO, |t| decide::elapsed(t.0, self.now));
+        let elapsed = ff
+            .first_red_at
+            .as_ref()
+            .map_or(Duration::ZERO, |t| decide::elapsed(t.0, self.now));
         RunView {
             name: self.run.metadata.name.as_deref().unwrap_or_default(),
             uid: self.run.metadata.uid.as_deref().unwrap_or_default(),
@@ -182,7 +204,11 @@ impl Work {
 
     async fn event(&self, warning: bool, reason: &str, note: String) {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.chars().take(128).collect(),
             note: Some(note.chars().take(1024).collect()),
             action: "Reconcile".into(),
@@ -300,14 +326,26 @@ impl Work {
                         }
                     }
                     self.save().await?;
-                    return Err(Error::Adapter(AdapterError::transient("project_retry", "retrying project.create with a fresh id")));
+                    return Err(Error::Adapter(AdapterError::transient(
+                        "project_retry",
+                        "retrying project.create with a fresh id",
+                    )));
                 }
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => return self.dispatch_failed(e).await,
             }
         }
-        let selection = ModelSelection { instance_id: t3.instance_id.clone(), model: t3.model.clone() };
-        let title: String = format!("{}#{}: {}", self.run.spec.repo, self.run.spec.issue, self.run.spec.title).chars().take(120).collect();
+        let selection = ModelSelection {
+            instance_id: t3.instance_id.clone(),
+            model: t3.model.clone(),
+        };
+        let title: String = format!(
+            "{}#{}: {}",
+            self.run.spec.repo, self.run.spec.issue, self.run.spec.title
+        )
+        .chars()
+        .take(120)
+        .collect();
         match self
             .t3(Command::ThreadCreate {
                 command_id: d.thread_command_id.clone(),
@@ -327,7 +365,12 @@ impl Work {
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return self.dispatch_failed(e).await,
         }
-        let preamble = self.ctx.agents.issue_implementer().map(|a| a.body.clone()).unwrap_or_default();
+        let preamble = self
+            .ctx
+            .agents
+            .issue_implementer()
+            .map(|a| a.body.clone())
+            .unwrap_or_default();
         let branch = match self.default_branch() {
             Some(b) => b,
             None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
@@ -348,7 +391,12 @@ impl Work {
             .t3(Command::ThreadTurnStart {
                 command_id: d.turn_command_id.clone(),
                 thread_id,
-                message: TurnMessage { message_id: d.message_id.clone(), role: "user", text, attachments: vec![] },
+                message: TurnMessage {
+                    message_id: d.message_id.clone(),
+                    role: "user",
+                    text,
+                    attachments: vec![],
+                },
                 runtime_mode: t3.runtime_mode.as_str().into(),
                 interaction_mode: "default".into(),
                 created_at,
@@ -365,13 +413,25 @@ impl Work {
         self.st.phase = Some(Phase::Working);
         self.st.reason = Some("Working".into());
         self.st.message = Some("the agent is working".into());
-        self.ctx.metrics.dispatches.get_or_create(&metrics::Result_ { result: "ok".into() }).inc();
+        self.ctx
+            .metrics
+            .dispatches
+            .get_or_create(&metrics::Result_ { result: "ok".into() })
+            .inc();
         self.save().await?;
-        self.event(false, "Dispatched", format!("{}#{} dispatched to T3", self.run.spec.repo, self.run.spec.issue)).await;
+        self.event(
+            false,
+            "Dispatched",
+            format!("{}#{} dispatched to T3", self.run.spec.repo, self.run.spec.issue),
+        )
+        .await;
         // The visible lock, only after the turn started.
         if !self.st.effects.in_progress_label {
             let label = self.config.spec.labels.in_progress.clone();
-            self.adapters.tracker.add_labels(&self.run.spec.repo, self.run.spec.issue, &[label]).await?;
+            self.adapters
+                .tracker
+                .add_labels(&self.run.spec.repo, self.run.spec.issue, &[label])
+                .await?;
             self.st.effects.in_progress_label = true;
             self.save().await?;
         }
@@ -379,14 +439,26 @@ impl Work {
     }
 
     async fn dispatch_failed(&mut self, e: AdapterError) -> Result<(), Error> {
-        self.ctx.metrics.dispatches.get_or_create(&metrics::Result_ { result: "permanent".into() }).inc();
-        self.finish(Phase::Failed, "DispatchRejected", format!("the executor rejected the dispatch: {e}"));
+        self.ctx
+            .metrics
+            .dispatches
+            .get_or_create(&metrics::Result_ {
+                result: "permanent".into(),
+            })
+            .inc();
+        self.finish(
+            Phase::Failed,
+            "DispatchRejected",
+            format!("the executor rejected the dispatch: {e}"),
+        );
         self.save().await
     }
 
     /// Send the interrupt (recorded first; T3 answers a repeat from its receipt).
     async fn interrupt(&mut self) -> Result<(), Error> {
-        let Some(thread_id) = self.st.thread_id.clone() else { return Ok(()) };
+        let Some(thread_id) = self.st.thread_id.clone() else {
+            return Ok(());
+        };
         if self.st.effects.interrupt {
             return Ok(());
         }
@@ -401,7 +473,15 @@ impl Work {
             self.save().await?;
         }
         let cmd = self.st.interrupt.as_ref().expect("recorded").command_id.clone();
-        match self.t3(Command::ThreadTurnInterrupt { command_id: cmd, thread_id, turn_id: None, created_at: self.now.to_string() }).await {
+        match self
+            .t3(Command::ThreadTurnInterrupt {
+                command_id: cmd,
+                thread_id,
+                turn_id: None,
+                created_at: self.now.to_string(),
+            })
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
             // A thread T3 no longer has cannot be interrupted; nothing more to do.
@@ -417,20 +497,31 @@ impl Work {
     /// Send (or re-send) the corrective turn recorded in `fixForward.lastTurn`.
     async fn send_corrective(&mut self) -> Result<(), Error> {
         let ff = self.st.fix_forward.clone().unwrap_or_default();
-        let Some(turn) = ff.last_turn.clone() else { return Ok(()) };
-        let Some(thread_id) = self.st.thread_id.clone() else { return Ok(()) };
+        let Some(turn) = ff.last_turn.clone() else {
+            return Ok(());
+        };
+        let Some(thread_id) = self.st.thread_id.clone() else {
+            return Ok(());
+        };
         let (stage, url) = self
             .st
             .ci
             .as_ref()
-            .and_then(|c| c.stages.iter().find(|s| s.result == crate::crd::StageResult::Failure))
+            .and_then(|c| {
+                c.stages
+                    .iter()
+                    .find(|s| s.result == crate::crd::StageResult::Failure)
+            })
             .map(|s| (s.name, s.url.clone()))
             .unwrap_or((StageName::Build, None));
         let branch = match self.default_branch() {
             Some(b) => b,
             None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
         };
-        let elapsed = ff.first_red_at.as_ref().map_or(Duration::ZERO, |t| decide::elapsed(t.0, self.now));
+        let elapsed = ff
+            .first_red_at
+            .as_ref()
+            .map_or(Duration::ZERO, |t| decide::elapsed(t.0, self.now));
         let text = render::corrective_prompt(&render::CorrectivePrompt {
             run_name: self.run.metadata.name.as_deref().unwrap_or_default(),
             repo: &self.run.spec.repo,
@@ -448,7 +539,12 @@ impl Work {
             .t3(Command::ThreadTurnStart {
                 command_id: turn.command_id.clone(),
                 thread_id,
-                message: TurnMessage { message_id: turn.message_id.clone().unwrap_or_default(), role: "user", text, attachments: vec![] },
+                message: TurnMessage {
+                    message_id: turn.message_id.clone().unwrap_or_default(),
+                    role: "user",
+                    text,
+                    attachments: vec![],
+                },
                 runtime_mode: t3.runtime_mode.as_str().into(),
                 interaction_mode: "default".into(),
                 created_at: self.now.to_string(),
@@ -458,7 +554,11 @@ impl Work {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
-                self.finish(Phase::Failed, "FixForwardRejected", format!("the executor rejected the corrective turn: {e}"));
+                self.finish(
+                    Phase::Failed,
+                    "FixForwardRejected",
+                    format!("the executor rejected the corrective turn: {e}"),
+                );
                 return self.save().await;
             }
         }
@@ -467,22 +567,41 @@ impl Work {
         }
         self.ctx.metrics.fix_forwards.inc();
         self.save().await?;
-        self.event(false, "FixingForward", format!("corrective turn {} sent for {}", ff.attempts, turn.commit.as_deref().unwrap_or("?"))).await;
+        self.event(
+            false,
+            "FixingForward",
+            format!(
+                "corrective turn {} sent for {}",
+                ff.attempts,
+                turn.commit.as_deref().unwrap_or("?")
+            ),
+        )
+        .await;
         Ok(())
     }
 
     /// The newest commit on the default branch that belongs to this run.
     async fn discover_commit(&mut self) -> Result<(), Error> {
-        let Some(started) = self.st.started_at.as_ref().map(|t| t.0) else { return Ok(()) };
+        let Some(started) = self.st.started_at.as_ref().map(|t| t.0) else {
+            return Ok(());
+        };
         let branch = match self.default_branch() {
             Some(b) => b,
             None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
         };
         // A little slack for clock skew between us and GitHub.
-        let since = started.checked_sub(jiff::SignedDuration::from_secs(300)).unwrap_or(started);
-        let commits = self.adapters.tracker.commits_since(&self.run.spec.repo, &branch, since).await?;
+        let since = started
+            .checked_sub(jiff::SignedDuration::from_secs(300))
+            .unwrap_or(started);
+        let commits = self
+            .adapters
+            .tracker
+            .commits_since(&self.run.spec.repo, &branch, since)
+            .await?;
         let name = self.run.metadata.name.clone().unwrap_or_default();
-        if let Some(c) = commits.iter().find(|c| commit_belongs_to_run(&c.message, &self.run.spec.repo, self.run.spec.issue, &name))
+        if let Some(c) = commits
+            .iter()
+            .find(|c| commit_belongs_to_run(&c.message, &self.run.spec.repo, self.run.spec.issue, &name))
             && self.st.commit.as_deref() != Some(c.sha.as_str())
         {
             self.st.commit = Some(c.sha.clone());
@@ -514,28 +633,61 @@ impl Work {
                     let statuses = self.adapters.tracker.commit_statuses(repo, sha).await?;
                     let checks: Vec<CheckRunFact> = checks
                         .into_iter()
-                        .map(|c| CheckRunFact { name: c.name, status: c.status, conclusion: c.conclusion, url: c.html_url })
+                        .map(|c| CheckRunFact {
+                            name: c.name,
+                            status: c.status,
+                            conclusion: c.conclusion,
+                            url: c.html_url,
+                        })
                         .collect();
                     let statuses: Vec<CommitStatusFact> = statuses
                         .into_iter()
-                        .map(|s| CommitStatusFact { context: s.context, state: s.state, url: s.target_url })
+                        .map(|s| CommitStatusFact {
+                            context: s.context,
+                            state: s.state,
+                            url: s.target_url,
+                        })
                         .collect();
-                    ci::build_stage(&checks, &statuses, &self.config.spec.ci.github_checks.required_checks)
+                    ci::build_stage(
+                        &checks,
+                        &statuses,
+                        &self.config.spec.ci.github_checks.required_checks,
+                    )
                 }
                 StageName::Deploy => {
-                    let (Some(deploy), Some(id)) = (self.adapters.deploy.clone(), self.entry.woodpecker_repo_id) else {
+                    let (Some(deploy), Some(id)) =
+                        (self.adapters.deploy.clone(), self.entry.woodpecker_repo_id)
+                    else {
                         break;
                     };
                     let pipelines = deploy.pipelines_for_commit(id, sha).await?;
-                    ci::deploy_stage(&pipelines.into_iter().map(|p| PipelineFact { status: p.status, url: Some(p.url) }).collect::<Vec<_>>())
+                    ci::deploy_stage(
+                        &pipelines
+                            .into_iter()
+                            .map(|p| PipelineFact {
+                                status: p.status,
+                                url: Some(p.url),
+                            })
+                            .collect::<Vec<_>>(),
+                    )
                 }
                 StageName::Rollout => {
-                    let Some(target) = self.entry.rollout.clone() else { break };
-                    let d = self.adapters.rollout.deployment_state(&target.namespace, &target.deployment, target.container.as_deref()).await?;
+                    let Some(target) = self.entry.rollout.clone() else {
+                        break;
+                    };
+                    let d = self
+                        .adapters
+                        .rollout
+                        .deployment_state(&target.namespace, &target.deployment, target.container.as_deref())
+                        .await?;
                     let images: Vec<&str> = d.images.iter().map(String::as_str).collect();
                     let facts = RolloutFacts {
                         exists: d.exists,
-                        template_has_commit: ci::template_carries_commit(&images, d.commit_annotation.as_deref(), sha),
+                        template_has_commit: ci::template_carries_commit(
+                            &images,
+                            d.commit_annotation.as_deref(),
+                            sha,
+                        ),
                         generation: d.generation,
                         observed_generation: d.observed_generation,
                         replicas: d.replicas,
@@ -543,7 +695,10 @@ impl Work {
                         available_replicas: d.available_replicas,
                         total_replicas: d.total_replicas,
                         progress_deadline_exceeded: d.progress_deadline_exceeded,
-                        crash_looping: d.failing_pod_images.iter().any(|i| ci::template_carries_commit(&[i.as_str()], None, sha)),
+                        crash_looping: d
+                            .failing_pod_images
+                            .iter()
+                            .any(|i| ci::template_carries_commit(&[i.as_str()], None, sha)),
                     };
                     let mut r = ci::rollout_stage(&facts);
                     if r.url.is_none() {
@@ -552,7 +707,13 @@ impl Work {
                     r
                 }
             };
-            fold.record(stage, StageReport { result: report.result, url: report.url });
+            fold.record(
+                stage,
+                StageReport {
+                    result: report.result,
+                    url: report.url,
+                },
+            );
         }
         Ok(fold.finish())
     }
@@ -567,7 +728,9 @@ impl Work {
             tracker.remove_label(&repo, issue, &labels.in_progress).await?;
             tracker.remove_label(&repo, issue, &labels.ready).await?;
             if phase != Phase::Succeeded {
-                tracker.add_labels(&repo, issue, std::slice::from_ref(&labels.ready_for_human)).await?;
+                tracker
+                    .add_labels(&repo, issue, std::slice::from_ref(&labels.ready_for_human))
+                    .await?;
             }
             self.st.effects.labels = true;
             self.save().await?;
@@ -601,7 +764,12 @@ impl Work {
                 };
                 for notifier in self.adapters.notifiers.clone() {
                     if let Err(e) = notifier.deliver(&msg).await {
-                        self.event(true, "NotificationFailed", format!("{} delivery failed: {e}", notifier.channel())).await;
+                        self.event(
+                            true,
+                            "NotificationFailed",
+                            format!("{} delivery failed: {e}", notifier.channel()),
+                        )
+                        .await;
                     }
                 }
             }
@@ -610,15 +778,28 @@ impl Work {
     }
 }
 
-async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
+async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
+    // The reflector may lag behind our own last status write; the recorded-intent protocol needs
+    // the latest status, so read it fresh.
+    let Some(run) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let run = Arc::new(run);
     let ns = run.namespace().unwrap_or_default();
     let configs: Api<AfkConfig> = Api::namespaced(ctx.client.clone(), &ns);
     let current = run.status.clone();
     let now = Timestamp::now();
     let Some(config) = configs.get_opt(&run.spec.config_ref).await? else {
         let mut st = current.clone().unwrap_or_default();
-        set_condition(&mut st.conditions, types::STALLED, Status::True, "ConfigNotFound",
-            format!("AfkConfig {:?} not found", run.spec.config_ref), run.metadata.generation, &Time(now));
+        set_condition(
+            &mut st.conditions,
+            types::STALLED,
+            Status::True,
+            "ConfigNotFound",
+            format!("AfkConfig {:?} not found", run.spec.config_ref),
+            run.metadata.generation,
+            &Time(now),
+        );
         apply_status(&api, &run, current.as_ref(), &st).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
@@ -626,7 +807,15 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
         Ok(b) => b,
         Err(why) => {
             let mut st = current.clone().unwrap_or_default();
-            set_condition(&mut st.conditions, types::STALLED, Status::True, "InvalidSpec", why, run.metadata.generation, &Time(now));
+            set_condition(
+                &mut st.conditions,
+                types::STALLED,
+                Status::True,
+                "InvalidSpec",
+                why,
+                run.metadata.generation,
+                &Time(now),
+            );
             apply_status(&api, &run, current.as_ref(), &st).await?;
             return Ok(Action::await_change());
         }
@@ -635,7 +824,15 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
         Ok(a) => a,
         Err(Error::Reference(why)) => {
             let mut st = current.clone().unwrap_or_default();
-            set_condition(&mut st.conditions, types::STALLED, Status::True, "ReferenceError", why, run.metadata.generation, &Time(now));
+            set_condition(
+                &mut st.conditions,
+                types::STALLED,
+                Status::True,
+                "ReferenceError",
+                why,
+                run.metadata.generation,
+                &Time(now),
+            );
             apply_status(&api, &run, current.as_ref(), &st).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
@@ -647,7 +844,13 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
         .iter()
         .find(|e| e.repo.eq_ignore_ascii_case(&run.spec.repo))
         .cloned()
-        .unwrap_or(RepoEntry { repo: run.spec.repo.clone(), default_branch: None, workspace_root: None, rollout: None, woodpecker_repo_id: None });
+        .unwrap_or(RepoEntry {
+            repo: run.spec.repo.clone(),
+            default_branch: None,
+            workspace_root: None,
+            rollout: None,
+            woodpecker_repo_id: None,
+        });
     let mut w = Work {
         st: current.clone().unwrap_or_default(),
         written: current,
@@ -680,10 +883,16 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
         w.send_corrective().await?;
     }
 
-    let dispatched_at = w.st.dispatch.as_ref().and_then(|d| d.sent_at.as_ref()).map(|t| t.0);
+    let dispatched_at =
+        w.st.dispatch
+            .as_ref()
+            .and_then(|d| d.sent_at.as_ref())
+            .map(|t| t.0);
     let thread = match (&w.st.thread_id, dispatched_at) {
         (Some(id), Some(_)) => match w.adapters.executor.shell().await {
-            Ok(shell) => shell.thread(id).map_or(ThreadObservation::Unknown, |t| ThreadObservation::Seen(thread_view(t))),
+            Ok(shell) => shell.thread(id).map_or(ThreadObservation::Unknown, |t| {
+                ThreadObservation::Seen(thread_view(t))
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "shell poll failed");
                 ThreadObservation::Unknown
@@ -704,7 +913,16 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
         w.st.ci = Some(ci);
     }
     let ff = w.st.fix_forward.clone().unwrap_or_default();
-    let last_turn_sent = [dispatched_at, ff.last_turn.as_ref().and_then(|t| t.sent_at.as_ref()).map(|t| t.0)].into_iter().flatten().max();
+    let last_turn_sent = [
+        dispatched_at,
+        ff.last_turn
+            .as_ref()
+            .and_then(|t| t.sent_at.as_ref())
+            .map(|t| t.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
     let obs = RunObservation {
         phase: w.st.phase.unwrap_or(Phase::Pending),
         cancel_requested: run.spec.cancel,
@@ -768,10 +986,26 @@ async fn apply(run: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<
             _ => None,
         };
         if let Some(kind) = kind {
-            ctx.metrics.escalations.get_or_create(&metrics::Kind { kind: kind.into() }).inc();
+            ctx.metrics
+                .escalations
+                .get_or_create(&metrics::Kind { kind: kind.into() })
+                .inc();
         }
-        let note = format!("{} → {}: {}", before.as_str(), after.as_str(), w.st.message.clone().unwrap_or_default());
-        w.event(escalation || after == Phase::Cancelled, w.st.reason.clone().unwrap_or_else(|| after.as_str().into()).as_str(), note).await;
+        let note = format!(
+            "{} → {}: {}",
+            before.as_str(),
+            after.as_str(),
+            w.st.message.clone().unwrap_or_default()
+        );
+        w.event(
+            escalation || after == Phase::Cancelled,
+            w.st.reason
+                .clone()
+                .unwrap_or_else(|| after.as_str().into())
+                .as_str(),
+            note,
+        )
+        .await;
         tracing::info!(repo = %run.spec.repo, issue = run.spec.issue, run = %run.name_any(), from = before.as_str(), to = after.as_str(), "phase change");
     }
     if after.is_terminal() {
@@ -788,7 +1022,9 @@ async fn cleanup(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
     let ns = run.namespace().unwrap_or_default();
     let configs: Api<AfkConfig> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(config) = configs.get_opt(&run.spec.config_ref).await? else { return Ok(Action::await_change()) };
+    let Some(config) = configs.get_opt(&run.spec.config_ref).await? else {
+        return Ok(Action::await_change());
+    };
     let adapters = match ctx.adapters.for_config(&config).await {
         Ok(a) => a,
         // Without credentials nothing external can be cleaned; do not block the deletion.
@@ -797,7 +1033,10 @@ async fn cleanup(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     let st = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
-    if let (Some(thread), Some(_)) = (&st.thread_id, st.dispatch.as_ref().and_then(|d| d.sent_at.as_ref())) {
+    if let (Some(thread), Some(_)) = (
+        &st.thread_id,
+        st.dispatch.as_ref().and_then(|d| d.sent_at.as_ref()),
+    ) {
         let cmd = Command::ThreadTurnInterrupt {
             command_id: derived_id(&[&uid, "thread.turn.interrupt"]),
             thread_id: thread.clone(),
@@ -810,7 +1049,10 @@ async fn cleanup(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
             Err(e) => tracing::warn!(error = %e, "interrupt on delete rejected"),
         }
     }
-    adapters.tracker.remove_label(&run.spec.repo, run.spec.issue, &config.spec.labels.in_progress).await?;
+    adapters
+        .tracker
+        .remove_label(&run.spec.repo, run.spec.issue, &config.spec.labels.in_progress)
+        .await?;
     if let Some(id) = st.checklist_comment_id {
         let mut final_status = st.clone();
         final_status.phase = Some(Phase::Cancelled);
@@ -845,7 +1087,10 @@ async fn cleanup(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
             reason: final_status.reason.as_deref(),
             message: final_status.message.as_deref(),
         };
-        adapters.tracker.update_comment(&run.spec.repo, id, &render::checklist(&view)).await?;
+        adapters
+            .tracker
+            .update_comment(&run.spec.repo, id, &render::checklist(&view))
+            .await?;
     }
     Ok(Action::await_change())
 }

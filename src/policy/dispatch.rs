@@ -616,8 +616,12 @@ fn handled_gate(issue: &ReadyIssue, runs: &[&ExistingRun]) -> Result<u32, SkipRe
         Labeler::Known { labeled_at, .. } => Some(*labeled_at),
         Labeler::Unknown => None,
     };
+    // Kubernetes stores times to the second; a label in the same second as the finish is not
+    // provably later, so it does not count (fail closed).
     match (labeled_at, latest.finished_at) {
-        (Some(labeled), Some(finished)) if labeled > finished => Ok(latest.attempt.saturating_add(1)),
+        (Some(labeled), Some(finished)) if labeled.as_second() > finished.as_second() => {
+            Ok(latest.attempt.saturating_add(1))
+        }
         _ => Err(SkipReason::AlreadyAttempted {
             run: latest.name.clone(),
             phase: latest.phase,
@@ -893,8 +897,22 @@ mod tests {
             run("acme-app-7-1", "acme/app", 7, 1, Phase::Frozen, Some(20)),
             run("acme-app-7-2", "acme/app", 7, 2, Phase::NeedsHuman, Some(50)),
         ];
-        let d = decide_with(&s, &[i], &done_before_label);
+        let d = decide_with(&s, std::slice::from_ref(&i), &done_before_label);
         assert_eq!(d.create[0].attempt, 3);
+        // A label within the same second as the finish is not provably later.
+        let mut same_second = i.clone();
+        same_second.labeler = Labeler::Known {
+            login: "alice".into(),
+            actor_type: "User".into(),
+            permission: Some(Permission::Write),
+            labeled_at: Timestamp::from_millisecond(50_500).unwrap(),
+        };
+        let finished_same_second = [run("acme-app-7-1", "acme/app", 7, 1, Phase::Frozen, Some(50))];
+        assert!(
+            decide_with(&s, &[same_second], &finished_same_second)
+                .create
+                .is_empty()
+        );
         assert_eq!(d.create[0].name, "acme-app-7-3");
     }
 
@@ -940,7 +958,10 @@ mod tests {
         i.facts_error = Some("dependency lookup failed".into());
         let d = decide_with(&s, &[i], &[]);
         assert!(d.create.is_empty());
-        assert_eq!(reason_of(&d, 3), "could not check the gates: dependency lookup failed");
+        assert_eq!(
+            reason_of(&d, 3),
+            "could not check the gates: dependency lookup failed"
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub struct SidecarState {
 impl SidecarState {
     /// State for a sidecar without controllers: ready at once.
     pub fn standalone() -> Self {
-        Self { ready: Arc::new(AtomicBool::new(true)), metrics: Metrics::new() }
+        Self {
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: Metrics::new(),
+        }
     }
 }
 
@@ -47,7 +50,13 @@ async fn readyz(State(s): State<SidecarState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<SidecarState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 /// The router with every route the sidecar serves.
@@ -67,5 +76,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

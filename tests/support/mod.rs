@@ -1,0 +1,297 @@
+//! Shared end-to-end harness: the fake API server with our CRDs, the contract fakes, an armed
+//! AfkConfig pointing at them, and helpers to play the agent (push commits, finish turns) and
+//! the cluster (roll a Deployment out).
+#![allow(dead_code)]
+
+use std::{sync::Arc, time::Duration};
+
+use afk_operator::{
+    agents::Agents,
+    controller::{self, Context, Settings},
+    crd::{self, AfkConfig, Phase},
+    metrics::Metrics,
+};
+use afk_testkit::{
+    apiserver::FakeApiServer,
+    github::{FakeCommit, FakeGitHub},
+    notify::FakeNotify,
+    t3::FakeT3,
+};
+use kube::{Api, api::PostParams};
+use serde_json::{Value, json};
+
+pub const NS: &str = "afk";
+pub const GH_TOKEN: &str = "ghp_e2e_token";
+pub const T3_TOKEN: &str = "t3_e2e_token";
+pub const NTFY_TOKEN: &str = "ntfy_e2e_token";
+pub const REPO: &str = "acme/app";
+
+pub struct World {
+    pub api: FakeApiServer,
+    pub t3: FakeT3,
+    pub gh: FakeGitHub,
+    pub notify: FakeNotify,
+    controllers: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    pub trigger: tokio::sync::broadcast::Sender<kube::runtime::reflector::ObjectRef<AfkConfig>>,
+}
+
+pub fn agents() -> Arc<Agents> {
+    Arc::new(Agents::load_dir(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agents")).unwrap())
+}
+
+pub fn fast_settings() -> Settings {
+    Settings {
+        run_requeue: Duration::from_millis(100),
+        github_min_mutation_interval: Duration::ZERO,
+        secret_refresh: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(400),
+        notify_retry: afk_operator::adapters::retry::RetryPolicy {
+            attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(10),
+        },
+    }
+}
+
+pub fn config_json(world_urls: (&str, &str, &str), extra: Value) -> Value {
+    let (gh, t3, ntfy) = world_urls;
+    let mut spec = json!({
+        "suspend": false,
+        "allowlist": [{"repo": REPO, "defaultBranch": "main", "rollout": {"namespace": "app", "deployment": "app", "container": "app"}}],
+        "tracker": {"github": {"apiUrl": gh, "tokenSecretRef": {"name": "gh", "key": "token"}}},
+        "executor": {"t3": {"url": t3, "publicUrl": "https://t3.example.com", "tokenSecretRef": {"name": "t3", "key": "token"}, "model": "claude-sonnet-4-5"}},
+        "notify": {"ntfy": {"url": ntfy, "topic": "afk", "tokenSecretRef": {"name": "ntfy", "key": "token"}}},
+        "pollInterval": "10s",
+        "budgets": {"preEscalationGrace": "1s"}
+    });
+    merge(&mut spec, extra);
+    json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkConfig", "metadata": {"name": "team", "namespace": NS}, "spec": spec})
+}
+
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn secret(name: &str, value: &str) -> Value {
+    use std::io::Write;
+    let mut enc = Vec::new();
+    {
+        // Base64 by hand keeps the harness dependency-free.
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for chunk in value.as_bytes().chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let chars = [
+                T[(n >> 18) as usize & 63],
+                T[(n >> 12) as usize & 63],
+                T[(n >> 6) as usize & 63],
+                T[n as usize & 63],
+            ];
+            let keep = chunk.len() + 1;
+            enc.write_all(&chars[..keep]).unwrap();
+            for _ in keep..4 {
+                enc.write_all(b"=").unwrap();
+            }
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": {"token": String::from_utf8(enc).unwrap()}})
+}
+
+impl World {
+    /// Fakes up, secrets and the Deployment seeded, the issue labelled by a trusted user.
+    pub async fn new() -> Self {
+        let mut api = FakeApiServer::new();
+        for c in crd::all() {
+            api = api.with_crd(&serde_json::to_value(c).unwrap());
+        }
+        let t3 = FakeT3::start(T3_TOKEN).await;
+        t3.add_dir("/data/acme__app");
+        let gh = FakeGitHub::start(GH_TOKEN).await;
+        gh.add_repo(REPO, "main");
+        gh.repo(REPO, |r| {
+            r.roles.insert("alice".into(), "write".into());
+            r.roles.insert("tri".into(), "triage".into());
+        });
+        let notify = FakeNotify::start(Some(NTFY_TOKEN)).await;
+        api.with_store(|s| {
+            s.seed(secret("gh", GH_TOKEN));
+            s.seed(secret("t3", T3_TOKEN));
+            s.seed(secret("ntfy", NTFY_TOKEN));
+            s.seed(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": "app"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                         "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "ghcr.io/acme/app:old0000"}]}}}}));
+        });
+        let (trigger, _) = tokio::sync::broadcast::channel(16);
+        Self {
+            api,
+            t3,
+            gh,
+            notify,
+            controllers: None,
+            stop: None,
+            trigger,
+        }
+    }
+
+    pub fn urls(&self) -> (String, String, String) {
+        (self.gh.url(), self.t3.url(), self.notify.ntfy_url())
+    }
+
+    pub async fn apply_config(&self, extra: Value) {
+        let (gh, t3, ntfy) = self.urls();
+        let obj: AfkConfig = serde_json::from_value(config_json((&gh, &t3, &ntfy), extra)).unwrap();
+        let api: Api<AfkConfig> = Api::namespaced(self.api.client(), NS);
+        api.create(&PostParams::default(), &obj).await.unwrap();
+    }
+
+    pub fn label_issue(&self, number: u64, body: &str, labeler: &str) {
+        self.gh.add_labeled_issue(
+            REPO,
+            number,
+            &format!("Issue {number}"),
+            body,
+            "ready-for-agent",
+            labeler,
+            &jiff::Timestamp::now().to_string(),
+        );
+    }
+
+    /// Start (or restart) the controllers in process with a fresh context.
+    pub fn start(&mut self) {
+        self.stop_controllers();
+        let ctx = Arc::new(Context::new(
+            self.api.client(),
+            agents(),
+            Metrics::new(),
+            fast_settings(),
+        ));
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trigger = self.trigger.subscribe();
+        self.controllers = Some(tokio::spawn(async move {
+            controller::run(ctx, Some(NS.into()), ready, trigger, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await;
+        }));
+        self.stop = Some(stop_tx);
+    }
+
+    /// Kill the controllers at once (no graceful drain), as a crash would.
+    pub fn stop_controllers(&mut self) {
+        if let Some(h) = self.controllers.take() {
+            h.abort();
+        }
+        self.stop = None;
+    }
+
+    pub fn run_obj(&self, name: &str) -> Option<Value> {
+        self.api
+            .with_store(|s| s.get("afk.dev/v1alpha1", "AfkRun", NS, name))
+    }
+
+    pub fn config_obj(&self) -> Value {
+        self.api
+            .with_store(|s| s.get("afk.dev/v1alpha1", "AfkConfig", NS, "team"))
+            .unwrap()
+    }
+
+    pub fn phase(&self, name: &str) -> Option<String> {
+        self.run_obj(name)
+            .and_then(|r| r["status"]["phase"].as_str().map(str::to_string))
+    }
+
+    pub async fn wait_for<F: FnMut(&World) -> bool>(&self, what: &str, mut f: F) {
+        for _ in 0..600 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; runs: {:#?}; config status: {:#}",
+            self.api
+                .with_store(|s| s.list("afk.dev/v1alpha1", "AfkRun", NS))
+                .iter()
+                .map(|r| r["status"].clone())
+                .collect::<Vec<_>>(),
+            self.config_obj()["status"]
+        );
+    }
+
+    pub async fn wait_phase(&self, run: &str, phase: Phase) {
+        self.wait_for(&format!("{run} to be {}", phase.as_str()), |w| {
+            w.phase(run).as_deref() == Some(phase.as_str())
+        })
+        .await;
+    }
+
+    /// The agent pushes a commit carrying the run's trailer; returns its SHA.
+    pub fn push(&self, run: &str, n: u32, checks: &str) -> String {
+        let sha = format!("{n:07x}{}", "d".repeat(33));
+        let message = format!("Fix the thing (try {n})\n\nCloses #42\nAFK-Run: {run}");
+        self.gh.repo(REPO, |r| {
+            r.commits.insert(
+                0,
+                FakeCommit {
+                    sha: sha.clone(),
+                    message,
+                    date: jiff::Timestamp::now().to_string(),
+                },
+            );
+            let conclusion = if checks == "success" { "success" } else { "failure" };
+            r.check_runs.insert(
+                sha.clone(),
+                vec![("test".into(), "completed".into(), Some(conclusion.into()))],
+            );
+        });
+        sha
+    }
+
+    /// Deploy `sha` and finish the rollout, as the Deployment controller would.
+    pub fn roll_out(&self, sha: &str) {
+        self.api.with_store(|s| {
+            s.modify("apps/v1", "Deployment", "app", "app", |d| {
+                d["spec"]["template"]["spec"]["containers"][0]["image"] =
+                    json!(format!("ghcr.io/acme/app:{}", &sha[..7]));
+                let g = d["metadata"]["generation"].as_i64().unwrap_or(1);
+                d["metadata"]["generation"] = json!(g + 1);
+            });
+            s.mark_deployment_rolled_out("app", "app");
+        });
+    }
+
+    pub fn thread_id(&self, run: &str) -> String {
+        self.run_obj(run).unwrap()["status"]["threadId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn issue_labels(&self, n: u64) -> Vec<String> {
+        self.gh.repo(REPO, |r| r.issues[&n].labels.clone())
+    }
+
+    pub fn ntfy_titles(&self) -> Vec<String> {
+        self.notify.with(|s| {
+            s.ntfy
+                .iter()
+                .map(|(_, r)| r.header("title").unwrap_or_default().to_string())
+                .collect()
+        })
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_controllers();
+    }
+}
