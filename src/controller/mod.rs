@@ -292,8 +292,18 @@ pub async fn run(
     let readiness = {
         let (cs, rs) = (config_store.clone(), run_store.clone());
         async move {
-            let _ = cs.wait_until_ready().await;
-            let _ = rs.wait_until_ready().await;
+            // Re-ask periodically: a waiter racing the controller's own waiter on the same store
+            // was observed to miss the wake-up; a fresh call returns at once once it is ready.
+            let mut config_ready = Box::pin(cs.wait_until_ready());
+            while tokio::time::timeout(Duration::from_millis(200), config_ready.as_mut())
+                .await
+                .is_err()
+            {}
+            let mut run_ready = Box::pin(rs.wait_until_ready());
+            while tokio::time::timeout(Duration::from_millis(200), run_ready.as_mut())
+                .await
+                .is_err()
+            {}
             ready.store(true, Ordering::SeqCst);
             tracing::info!("watches synced; ready");
         }
