@@ -631,3 +631,55 @@ async fn raw_watch_replays_bookmarks_and_ends_after_timeout() {
         (Some("ERROR"), Some(410))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_lose_watch_events() {
+    let fake = server();
+    let client = fake.client();
+    let api: Api<AfkRun> = Api::default_namespaced(client.clone());
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let s2 = seen.clone();
+    let task = tokio::spawn(
+        watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
+            let s2 = s2.clone();
+            async move {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                    s2.lock().unwrap().insert(o.name_any());
+                }
+            }
+        }),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let writers: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { create_run(&client, &format!("w{i}")).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let s = seen.clone();
+    eventually(
+        || s.lock().unwrap().len() == 40,
+        "all 40 creates seen by the watcher",
+    )
+    .await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn apply_to_status_removes_what_the_sole_manager_omits() {
+    let fake = server();
+    let client = fake.client();
+    let api: Api<AfkRun> = Api::default_namespaced(client.clone());
+    create_run(&client, "r").await;
+    let pp = PatchParams::apply(crd::FIELD_MANAGER).force();
+    let with = json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "status": {"phase": "Working", "commit": "abc"}});
+    api.patch_status("r", &pp, &Patch::Apply(&with)).await.unwrap();
+    let without =
+        json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "status": {"phase": "Verifying"}});
+    let after = api.patch_status("r", &pp, &Patch::Apply(&without)).await.unwrap();
+    let status = after.status.unwrap();
+    assert_eq!((status.phase, status.commit), (Some(Phase::Verifying), None));
+}

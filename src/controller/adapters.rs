@@ -73,6 +73,26 @@ pub struct Adapters {
     pub rollout: Arc<dyn RolloutChecker>,
     secrets: Vec<(SecretKeyRef, Arc<SharedSecret>)>,
     loaded_at: Mutex<Option<Instant>>,
+    shell: tokio::sync::Mutex<Option<(Instant, Arc<crate::adapters::t3::Shell>)>>,
+}
+
+/// How long one `/shell` answer serves every run of a config: one poll per second instead of
+/// one per run reconcile keeps T3's load flat as runs grow.
+const SHELL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Adapters {
+    /// T3's shell, shared by the runs of this config for up to a second.
+    pub async fn shell(&self) -> Result<Arc<crate::adapters::t3::Shell>, AdapterError> {
+        let mut cached = self.shell.lock().await;
+        if let Some((at, shell)) = cached.as_ref()
+            && at.elapsed() < SHELL_TTL
+        {
+            return Ok(shell.clone());
+        }
+        let shell = Arc::new(self.executor.shell().await?);
+        *cached = Some((Instant::now(), shell.clone()));
+        Ok(shell)
+    }
 }
 
 impl std::fmt::Debug for Adapters {
@@ -224,6 +244,7 @@ impl AdapterCache {
             rollout: Arc::new(KubeRolloutChecker::new(self.client.clone())),
             secrets,
             loaded_at: Mutex::new(None),
+            shell: tokio::sync::Mutex::new(None),
         }
     }
 }

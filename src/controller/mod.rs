@@ -205,7 +205,7 @@ fn error_policy<K: Resource>(controller: &'static str) -> impl Fn(Arc<K>, &Error
         // Conflicts and transient blips are expected; they are logged quietly.
         if matches!(
             err.category(),
-            "conflict" | "transport" | "server_error" | "rate_limited"
+            "conflict" | "transport" | "server_error" | "rate_limited" | "project_retry"
         ) {
             tracing::debug!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "retrying");
         } else {

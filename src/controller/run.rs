@@ -889,7 +889,7 @@ async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Resu
             .and_then(|d| d.sent_at.as_ref())
             .map(|t| t.0);
     let thread = match (&w.st.thread_id, dispatched_at) {
-        (Some(id), Some(_)) => match w.adapters.executor.shell().await {
+        (Some(id), Some(_)) => match w.adapters.shell().await {
             Ok(shell) => shell.thread(id).map_or(ThreadObservation::Unknown, |t| {
                 ThreadObservation::Seen(thread_view(t))
             }),

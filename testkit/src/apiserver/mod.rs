@@ -107,12 +107,10 @@ impl FakeApiServer {
 
     /// Run `f` on the store (seed, read, inject faults). Watch events it causes are published.
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
-        let (r, events) = {
-            let mut store = self.shared.store.lock().expect("store");
-            let r = f(&mut store);
-            (r, store.take_pending())
-        };
-        for e in events {
+        let mut store = self.shared.store.lock().expect("store");
+        let r = f(&mut store);
+        // Publish under the lock so watchers see events in resourceVersion order.
+        for e in store.take_pending() {
             let _ = self.shared.events.send(e);
         }
         r
@@ -236,6 +234,7 @@ async fn handle(
             query: query.clone(),
             content_type: content_type.clone(),
             body: text.clone(),
+            status: 0,
         });
         s.take_fault(&method, &path, &query)
     };
@@ -260,15 +259,20 @@ async fn handle(
     if method == Method::GET && params.watch {
         return watch_stream(shared, &path, params).await;
     }
-    let (resp, events) = {
+    {
         let mut s = shared.store.lock().expect("store");
         let resp = s.handle(&method, &path, &params, &content_type, &text, table);
-        (resp, s.take_pending())
-    };
-    for e in events {
-        let _ = shared.events.send(e);
+        let code = resp.status().as_u16();
+        if let Some(entry) = s.log.iter_mut().rev().find(|r| r.path == path && r.status == 0) {
+            entry.status = code;
+        }
+        // Publish under the lock: two writers releasing the lock and then publishing could
+        // deliver versions out of order, and a watcher skips anything at or below what it has.
+        for e in s.take_pending() {
+            let _ = shared.events.send(e);
+        }
+        resp
     }
-    resp
 }
 
 /// A watch: replay (or the initial state as ADDED), then live events, bookmarks, and an end

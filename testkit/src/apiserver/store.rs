@@ -114,6 +114,8 @@ pub struct RequestLog {
     pub content_type: String,
     /// Body.
     pub body: String,
+    /// Response status (0 for watches and while in flight).
+    pub status: u16,
 }
 
 /// What an injected fault does.
@@ -1213,6 +1215,12 @@ impl Store {
                     return status_error(400, "BadRequest", "invalid apply patch", None);
                 };
                 match old {
+                    // Applying to /status replaces the status: exactly what server-side apply
+                    // does for a sole field manager (fields it omits are removed).
+                    Some(mut doc) if status_sub => {
+                        doc["status"] = applied.get("status").cloned().unwrap_or(Value::Null);
+                        doc
+                    }
                     Some(old) => {
                         let mut doc = old;
                         json_patch::merge(&mut doc, &applied);
