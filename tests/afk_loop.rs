@@ -302,3 +302,52 @@ async fn the_emergency_stop_interrupts_and_cancels() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_working_run_interrupts_and_frees_the_issue() {
+    let mut w = World::new().await;
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({})).await;
+    w.start();
+    w.wait_phase(RUN, Phase::Working).await;
+    w.wait_for("the in-progress label", |w| {
+        w.issue_labels(42).contains(&"agent-in-progress".to_string())
+    })
+    .await;
+    let api: kube::Api<afk_operator::crd::AfkRun> = kube::Api::namespaced(w.api.client(), NS);
+    api.delete(RUN, &Default::default()).await.unwrap();
+    w.wait_for("the run to be gone", |w| {
+        w.run_obj(RUN).is_none() || w.run_obj(RUN).unwrap()["metadata"]["name"] != RUN
+    })
+    .await;
+    assert_eq!(w.t3.applied_of("thread.turn.interrupt").len(), 1);
+    assert!(!w.issue_labels(42).contains(&"agent-in-progress".to_string()));
+    let comment = w.gh.repo(REPO, |r| r.issues[&42].comments[0].1.clone());
+    assert!(comment.contains("**Cancelled** — Deleted"), "{comment}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_cancel_cancels() {
+    let mut w = World::new().await;
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({})).await;
+    w.start();
+    w.wait_phase(RUN, Phase::Working).await;
+    let api: kube::Api<afk_operator::crd::AfkRun> = kube::Api::namespaced(w.api.client(), NS);
+    api.patch(
+        RUN,
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"cancel": true}})),
+    )
+    .await
+    .unwrap();
+    w.wait_phase(RUN, Phase::Cancelled).await;
+    w.wait_for("interrupt", |w| {
+        w.t3.applied_of("thread.turn.interrupt").len() == 1
+    })
+    .await;
+    assert!(
+        w.ntfy_titles().is_empty(),
+        "a cancel a human asked for rings no bell"
+    );
+}

@@ -44,6 +44,12 @@ use crate::{
 
 /// The reconcile, wrapped in the `afk.dev/cleanup` finalizer.
 pub(super) async fn reconcile(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("reconcile", run = %run.name_any(), repo = %run.spec.repo, issue = run.spec.issue);
+    reconcile_inner(run, ctx).instrument(span).await
+}
+
+async fn reconcile_inner(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile("afkrun");
     let ns = run.namespace().unwrap_or_default();
     let api: Api<AfkRun> = Api::namespaced(ctx.client.clone(), &ns);
