@@ -364,3 +364,56 @@ fn example_files_exist_where_the_readme_says() {
         assert!(Path::new(&repo_root().join("docs/examples").join(name)).exists());
     }
 }
+
+#[test]
+fn chart_agents_are_a_byte_copy_of_agents() {
+    let update = std::env::var_os("UPDATE_CRDS").is_some();
+    let src = repo_root().join("agents");
+    let dst = repo_root().join("charts/afk-operator/agents");
+    let mut names: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let mut stale = vec![];
+    for name in &names {
+        let want = std::fs::read(src.join(name)).unwrap();
+        let have = std::fs::read(dst.join(name)).unwrap_or_default();
+        if want != have {
+            if update {
+                std::fs::create_dir_all(&dst).unwrap();
+                std::fs::write(dst.join(name), &want).unwrap();
+            } else {
+                stale.push(name.to_string_lossy().to_string());
+            }
+        }
+    }
+    let mut extra: Vec<_> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !names.contains(n))
+        .collect();
+    extra.sort();
+    assert!(
+        stale.is_empty() && extra.is_empty(),
+        "chart agents differ {stale:?} / extra {extra:?}; run UPDATE_CRDS=1 cargo test --test crds"
+    );
+}
+
+#[test]
+fn chart_rbac_has_no_wildcards() {
+    for entry in std::fs::read_dir(repo_root().join("charts/afk-operator/templates")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("\"*\"") && !text.contains("['*']") && !text.contains("- '*'"),
+            "{} has a wildcard",
+            path.display()
+        );
+        assert!(
+            !text.contains("kind: ClusterRole"),
+            "{}: the operator needs no cluster-wide role",
+            path.display()
+        );
+    }
+}

@@ -683,3 +683,42 @@ async fn apply_to_status_removes_what_the_sole_manager_omits() {
     let status = after.status.unwrap();
     assert_eq!((status.phase, status.commit), (Some(Phase::Verifying), None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_never_skip_queued_events() {
+    let fake = server();
+    fake.with_store(|s| s.bookmark_every_ms = 5);
+    let client = fake.client();
+    let api: Api<AfkRun> = Api::default_namespaced(client.clone());
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let s2 = seen.clone();
+    let task = tokio::spawn(
+        watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
+            let s2 = s2.clone();
+            async move {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                    s2.lock().unwrap().insert(o.name_any());
+                }
+            }
+        }),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for batch in 0..5 {
+        let writers: Vec<_> = (0..30)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { create_run(&client, &format!("b{batch}-{i}")).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+    let s = seen.clone();
+    eventually(
+        || s.lock().unwrap().len() == 150,
+        "all 150 creates seen despite frequent bookmarks",
+    )
+    .await;
+    task.abort();
+}

@@ -255,6 +255,16 @@ async fn handle(
         }
     }
 
+    // Protobuf is what kubectl prefers for built-in kinds; answering 415 makes client-go fall
+    // back to JSON, the only encoding this fake speaks.
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return status_error(
+            415,
+            "UnsupportedMediaType",
+            "the fake API server only accepts JSON",
+            None,
+        );
+    }
     let params = selectors::Query::parse(&query);
     if method == Method::GET && params.watch {
         return watch_stream(shared, &path, params).await;
@@ -320,7 +330,31 @@ async fn watch_stream(shared: Arc<Shared>, path: &str, params: selectors::Query)
                     Err(_) => return,
                 },
                 _ = bookmark_tick.tick(), if prepared.bookmarks => {
-                    let rv = shared.store.lock().expect("store").rv();
+                    // A bookmark promises every event up to its version was delivered. Events are
+                    // published under the store lock, so everything up to the current version is
+                    // already queued on our receiver: drain it first, then bookmark.
+                    let (rv, queued) = {
+                        let _store = shared.store.lock().expect("store");
+                        let rv = _store.rv();
+                        let mut queued = vec![];
+                        loop {
+                            match live.try_recv() {
+                                Ok(ev) => queued.push(ev),
+                                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                                // Fell behind: end the stream, the client re-watches.
+                                Err(_) => return,
+                            }
+                        }
+                        (rv, queued)
+                    };
+                    for ev in queued {
+                        if ev.rv <= last_rv || !prepared.filter.matches(&ev) {
+                            continue;
+                        }
+                        last_rv = ev.rv;
+                        let out = json!({"type": ev.kind, "object": ev.object});
+                        if tx.send(line(&out)).await.is_err() { return; }
+                    }
                     last_rv = last_rv.max(rv);
                     let b = json!({"type": "BOOKMARK", "object": {"kind": prepared.kind, "apiVersion": prepared.api_version,
                                    "metadata": {"resourceVersion": rv.to_string()}}});
