@@ -1,5 +1,5 @@
 //! Benchmark of the AFK loop (not a test; nothing is asserted). Run with
-//! `cargo bench --bench afk_loop` (optionally `-- --repos 200 --runs 1000`).
+//! `cargo bench --bench afk_loop` (optionally `-- --repos 200 --runs 1000 --requeue-secs 15`).
 //!
 //! It drives the real controllers against the in-process fake API server and the loopback
 //! contract fakes and prints: dispatch throughput and latency (AfkRun created → `Working`), the
@@ -63,7 +63,8 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn main() {
     let repos = arg("--repos", 200);
     let runs_n = arg("--runs", 1000);
-    println!("afk_loop bench: {repos} repos, {runs_n} runs");
+    let requeue = arg("--requeue-secs", 15);
+    println!("afk_loop bench: {repos} repos, {runs_n} runs, runs looked at every {requeue}s while waiting");
     if let Ok(filter) = std::env::var("AFK_LOG") {
         afk_operator::telemetry::init(&afk_operator::config::LogArgs {
             log_filter: filter,
@@ -117,7 +118,7 @@ async fn main() {
         .unwrap();
 
     let mut settings = fast_settings();
-    settings.run_requeue = Duration::from_secs(1);
+    settings.run_requeue = Duration::from_secs(requeue as u64);
     let metrics = Metrics::new();
     let ctx = Arc::new(Context::new(client.clone(), agents(), metrics.clone(), settings));
     let (trigger, _) = tokio::sync::broadcast::channel(16);
@@ -215,7 +216,7 @@ async fn main() {
 
     // Steady state: every run waits on its agent; count reconciles over a window.
     let before = metrics.render();
-    let window = Duration::from_secs(10);
+    let window = Duration::from_secs(2 * requeue.max(5) as u64);
     tokio::time::sleep(window).await;
     let after = metrics.render();
     let count = |t: &str| metric(t, "afk_reconcile_duration_seconds_count{controller=\"afkrun\"}");

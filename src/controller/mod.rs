@@ -41,6 +41,12 @@ use crate::{
     metrics::{ErrorLabels, Metrics},
 };
 
+/// Parallel AfkRun reconciles. Each is a handful of HTTP calls; 16 keeps a 2-core pod busy
+/// without queueing every run of a burst on the same backends.
+const RUN_CONCURRENCY: u16 = 16;
+/// Parallel AfkConfig polls (each walks all of its repos sequentially).
+const CONFIG_CONCURRENCY: u16 = 4;
+
 /// Tunables of the controllers.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -268,10 +274,14 @@ pub async fn run(
                 }
             }
         }))
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONFIG_CONCURRENCY))
         .graceful_shutdown_on(stop());
     let config_store = config_controller.store();
 
-    let run_controller = Controller::new(runs.clone(), watcher::Config::default().any_semantic());
+    // Bounded concurrency: a burst of requeues (runs dispatched together wake together) queues
+    // in the controller instead of piling onto T3, GitHub and the API server at once.
+    let run_controller = Controller::new(runs.clone(), watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(RUN_CONCURRENCY));
     let run_store = run_controller.store();
     let run_controller = run_controller
         .watches(configs, watcher::Config::default().any_semantic(), {

@@ -1018,7 +1018,16 @@ async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Resu
         w.terminal_effects().await?;
         return Ok(Action::await_change());
     }
-    Ok(Action::requeue(ctx.settings.run_requeue))
+    // Jitter spreads runs that were dispatched together.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Ok(Action::requeue(
+        ctx.settings
+            .run_requeue
+            .mul_f64(0.9 + f64::from(nanos % 200) / 1000.0),
+    ))
 }
 
 /// Deleting a non-terminal run interrupts its turn, frees the issue and posts a final state.
