@@ -36,6 +36,26 @@ fn server() -> FakeApiServer {
     s
 }
 
+/// A watcher in the background collecting the names it has seen.
+fn collect_names(
+    api: Api<AfkRun>,
+) -> (
+    Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let s2 = seen.clone();
+    let task = tokio::spawn(watcher(api, watcher::Config::default()).for_each(move |ev| {
+        let s2 = s2.clone();
+        async move {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                s2.lock().unwrap().insert(o.name_any());
+            }
+        }
+    }));
+    (seen, task)
+}
+
 fn run_json(name: &str) -> Value {
     json!({
         "apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun",
@@ -637,18 +657,7 @@ async fn concurrent_writers_never_lose_watch_events() {
     let fake = server();
     let client = fake.client();
     let api: Api<AfkRun> = Api::default_namespaced(client.clone());
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
-    let s2 = seen.clone();
-    let task = tokio::spawn(
-        watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
-            let s2 = s2.clone();
-            async move {
-                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
-                    s2.lock().unwrap().insert(o.name_any());
-                }
-            }
-        }),
-    );
+    let (seen, task) = collect_names(api.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let writers: Vec<_> = (0..40)
         .map(|i| {
@@ -690,18 +699,7 @@ async fn bookmarks_never_skip_queued_events() {
     fake.with_store(|s| s.bookmark_every_ms = 5);
     let client = fake.client();
     let api: Api<AfkRun> = Api::default_namespaced(client.clone());
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
-    let s2 = seen.clone();
-    let task = tokio::spawn(
-        watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
-            let s2 = s2.clone();
-            async move {
-                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
-                    s2.lock().unwrap().insert(o.name_any());
-                }
-            }
-        }),
-    );
+    let (seen, task) = collect_names(api.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
     for batch in 0..5 {
         let writers: Vec<_> = (0..30)

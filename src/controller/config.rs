@@ -505,33 +505,21 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
             })
             .collect()
     };
-    set_condition(
-        &mut status.conditions,
-        types::STALLED,
-        Status::False,
-        reasons::RECONCILED,
-        "",
-        generation,
-        &now,
-    );
-    set_condition(
-        &mut status.conditions,
-        types::RECONCILING,
-        Status::False,
-        reasons::RECONCILED,
-        "",
-        generation,
-        &now,
-    );
-    set_condition(
-        &mut status.conditions,
-        types::READY,
-        Status::True,
-        reasons::RECONCILED,
-        "",
-        generation,
-        &now,
-    );
+    for (type_, value) in [
+        (types::STALLED, Status::False),
+        (types::RECONCILING, Status::False),
+        (types::READY, Status::True),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            reasons::RECONCILED,
+            "",
+            generation,
+            &now,
+        );
+    }
     apply_status(&configs, &config, current.as_ref(), &status).await?;
     ctx.reset_backoff(&format!("afkconfig:{ns}/{name}"));
     Ok(Action::requeue(jittered(poll_interval)))

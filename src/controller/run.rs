@@ -160,8 +160,12 @@ impl Work {
         set_condition(c, types::STALLED, stalled, &reason, message, generation, &now);
     }
 
-    fn default_branch(&self) -> Option<String> {
-        self.entry.default_branch.clone()
+    /// The branch the agent pushes to: the allowlist entry's, else the repository's default.
+    async fn branch(&self) -> Result<String, Error> {
+        match &self.entry.default_branch {
+            Some(b) => Ok(b.clone()),
+            None => Ok(self.adapters.tracker.default_branch(&self.run.spec.repo).await?),
+        }
     }
 
     fn workspace_root(&self) -> String {
@@ -377,10 +381,7 @@ impl Work {
             .issue_implementer()
             .map(|a| a.body.clone())
             .unwrap_or_default();
-        let branch = match self.default_branch() {
-            Some(b) => b,
-            None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
-        };
+        let branch = self.branch().await?;
         let snapshot = &self.run.spec.task_snapshot;
         let text = render::opening_prompt(&render::TaskPrompt {
             preamble: &preamble,
@@ -520,10 +521,7 @@ impl Work {
             })
             .map(|s| (s.name, s.url.clone()))
             .unwrap_or((StageName::Build, None));
-        let branch = match self.default_branch() {
-            Some(b) => b,
-            None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
-        };
+        let branch = self.branch().await?;
         let elapsed = ff
             .first_red_at
             .as_ref()
@@ -591,10 +589,7 @@ impl Work {
         let Some(started) = self.st.started_at.as_ref().map(|t| t.0) else {
             return Ok(());
         };
-        let branch = match self.default_branch() {
-            Some(b) => b,
-            None => self.adapters.tracker.default_branch(&self.run.spec.repo).await?,
-        };
+        let branch = self.branch().await?;
         // A little slack for clock skew between us and GitHub.
         let since = started
             .checked_sub(jiff::SignedDuration::from_secs(300))
