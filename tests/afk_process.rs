@@ -30,15 +30,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_takes_an_issue_to_succeeded() {
-    let w = World::new().await;
-    let mut served = w.api.serve().await;
-    let kubeconfig = served.kubeconfig();
-    w.label_issue(42, "Do it", "alice");
-    w.apply_config(json!({})).await;
-
-    let port = free_port();
+fn spawn_operator(kubeconfig: &std::path::Path, port: u16) -> Operator {
     let child = Command::new(env!("CARGO_BIN_EXE_afk-operator"))
         .args([
             "run",
@@ -58,7 +50,18 @@ async fn the_binary_takes_an_issue_to_succeeded() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _operator = Operator(child);
+    Operator(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_an_issue_to_succeeded() {
+    let w = World::new().await;
+    let mut served = w.api.serve().await;
+    let kubeconfig = served.kubeconfig();
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({})).await;
+    let port = free_port();
+    let _operator = spawn_operator(&kubeconfig, port);
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -110,4 +113,31 @@ async fn the_binary_takes_an_issue_to_succeeded() {
             .status()
             .is_success()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_freezes_a_run_past_its_budget() {
+    let w = World::new().await;
+    let mut served = w.api.serve().await;
+    let kubeconfig = served.kubeconfig();
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({"budgets": {"fixForwardMaxAttempts": 1}}))
+        .await;
+    let _operator = spawn_operator(&kubeconfig, free_port());
+    w.wait_phase("acme-app-42-1", Phase::Working).await;
+    w.push("acme-app-42-1", 1, "failure");
+    w.wait_for("the corrective turn", |w| {
+        w.t3.applied_of("thread.turn.start").len() == 2
+    })
+    .await;
+    w.push("acme-app-42-1", 2, "failure");
+    w.wait_phase("acme-app-42-1", Phase::Frozen).await;
+    w.wait_for("one frozen message", |w| {
+        w.ntfy_titles() == vec!["acme/app#42 frozen"]
+    })
+    .await;
+    w.wait_for("ready-for-human", |w| {
+        w.issue_labels(42).contains(&"ready-for-human".to_string())
+    })
+    .await;
 }
