@@ -81,9 +81,13 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Run(args) => run_operator(args).await,
             Command::Sidecar(args) => match load_agents(&args) {
                 Err(err) => Err(err),
-                Ok(_) => sidecar::serve(args, sidecar::SidecarState::standalone(), shutdown_signal())
-                    .await
-                    .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
+                Ok(_) => sidecar::serve(
+                    args.clone(),
+                    sidecar::SidecarState::standalone(&args),
+                    shutdown_signal(),
+                )
+                .await
+                .map_err(|err| StartupError::Runtime(format!("sidecar: {err}"))),
             },
             Command::Crd => unreachable!("handled above"),
         }
@@ -126,10 +130,13 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
 
     let metrics = crate::metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let state = sidecar::SidecarState {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
+    let (trigger, _) = tokio::sync::broadcast::channel(64);
+    let cluster = sidecar::Cluster {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        trigger: trigger.clone(),
     };
+    let state = sidecar::SidecarState::new(&args.sidecar, ready.clone(), metrics.clone(), Some(cluster));
     let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
 
     let settings = controller::Settings {
@@ -143,8 +150,6 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         metrics,
         settings,
     ));
-    let (trigger, _) = tokio::sync::broadcast::channel(64);
-
     if args.leader_election {
         let identity = args.identity.clone().unwrap_or_else(hostname);
         let lease = controller::LeaseSettings {

@@ -351,3 +351,27 @@ async fn spec_cancel_cancels() {
         "a cancel a human asked for rings no bell"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_polls_at_once_instead_of_waiting_for_the_interval() {
+    let mut w = World::new().await;
+    w.apply_config(json!({"pollInterval": "10m"})).await;
+    w.start();
+    w.wait_for("the first poll", |w| {
+        w.config_obj()["status"]["lastPollTime"].is_string()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    w.label_issue(42, "Do it", "alice");
+    // What the GitHub webhook handler does for a `labeled` event.
+    w.trigger
+        .send(kube::runtime::reflector::ObjectRef::new("team").within(NS))
+        .unwrap();
+    let started = std::time::Instant::now();
+    w.wait_for("the run from the triggered poll", |w| w.run_obj(RUN).is_some())
+        .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "well before the 10-minute poll"
+    );
+}

@@ -1,0 +1,110 @@
+//! Sidecar authentication (SPEC §4): `Authorization: Bearer <token>` compared in constant time
+//! against a token read from a mounted file (re-read when the file changes). No token configured
+//! means every request is rejected. An SSO username header set by a trusted reverse proxy is
+//! honoured only with `--trust-proxy-header`, and only as the caller's name for audit logs —
+//! never instead of the bearer token.
+
+use std::{path::PathBuf, sync::Mutex, time::SystemTime};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::SidecarState;
+
+/// The SSO header a trusted proxy (authentik) sets.
+pub const PROXY_USER_HEADER: &str = "x-authentik-username";
+
+/// Who made an authenticated request (for audit logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// The token file's modification time and the SHA-256 of its token (none when unusable).
+type CachedToken = (Option<SystemTime>, Option<[u8; 32]>);
+
+/// The configured bearer token, cached by the file's modification time.
+#[derive(Debug)]
+pub struct ApiAuth {
+    token_file: Option<PathBuf>,
+    trust_proxy_header: bool,
+    cache: Mutex<Option<CachedToken>>,
+}
+
+impl ApiAuth {
+    /// Auth from an optional token file.
+    pub fn new(token_file: Option<PathBuf>, trust_proxy_header: bool) -> Self {
+        Self {
+            token_file,
+            trust_proxy_header,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// SHA-256 of the current token, or `None` when no usable token is configured.
+    fn expected(&self) -> Option<[u8; 32]> {
+        let path = self.token_file.as_ref()?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut cache = self.cache.lock().expect("auth cache");
+        if let Some((cached_mtime, digest)) = cache.as_ref()
+            && *cached_mtime == mtime
+            && mtime.is_some()
+        {
+            return *digest;
+        }
+        let digest = std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+        *cache = Some((mtime, digest));
+        digest
+    }
+
+    /// Check a request's headers; `Ok` carries the caller's name.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Caller, &'static str> {
+        let Some(expected) = self.expected() else {
+            return Err("no API token is configured on the server");
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or("missing bearer token")?;
+        // Hash both sides: equal-length inputs, so the comparison leaks neither content nor length.
+        let got: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if !bool::from(got.ct_eq(&expected)) {
+            return Err("invalid bearer token");
+        }
+        let name = if self.trust_proxy_header {
+            headers
+                .get(PROXY_USER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        } else {
+            None
+        };
+        Ok(Caller(name.unwrap_or_else(|| "api-token".into())))
+    }
+}
+
+/// Middleware guarding `/api/*` (and later `/v1/*`).
+pub async fn require_token(State(state): State<SidecarState>, mut req: Request, next: Next) -> Response {
+    match state.auth.check(req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(why) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({"error": {"message": why, "type": "authentication_error", "param": null, "code": "unauthorized"}})),
+        )
+            .into_response(),
+    }
+}
