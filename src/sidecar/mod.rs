@@ -14,7 +14,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use axum::{
@@ -143,9 +142,6 @@ pub fn router(state: SidecarState) -> Router {
         .merge(webhooks)
         .with_state(state)
 }
-
-/// How long a client may take to send its request headers (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bind and serve until `shutdown` resolves.
 pub async fn serve(
