@@ -81,9 +81,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Run(args) => run_operator(args).await,
             Command::Sidecar(args) => match load_agents(&args) {
                 Err(err) => Err(err),
-                Ok(_) => sidecar::serve(
+                Ok(agents) => sidecar::serve(
                     args.clone(),
-                    sidecar::SidecarState::standalone(&args),
+                    sidecar::SidecarState::standalone(&args, &agents),
                     shutdown_signal(),
                 )
                 .await
@@ -136,7 +136,13 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         namespace: args.namespace.clone(),
         trigger: trigger.clone(),
     };
-    let state = sidecar::SidecarState::new(&args.sidecar, ready.clone(), metrics.clone(), Some(cluster));
+    let state = sidecar::SidecarState::new(
+        &args.sidecar,
+        &agents,
+        ready.clone(),
+        metrics.clone(),
+        Some(cluster),
+    );
     let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
 
     let settings = controller::Settings {

@@ -100,6 +100,105 @@ pub struct SidecarArgs {
     /// Directory holding the agent definitions (`*.md`).
     #[arg(long, env = "AFK_AGENTS_DIR", default_value = "agents")]
     pub agents_dir: PathBuf,
+    /// Seconds a client has to send its request headers before the connection is closed.
+    #[arg(long, env = "AFK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_secs: u64,
+    /// The `claude` CLI and the voice gateway.
+    #[command(flatten)]
+    pub voice: VoiceArgs,
+    /// Breakglass sessions and VM power verbs.
+    #[command(flatten)]
+    pub breakglass: BreakglassArgs,
+}
+
+/// The `claude` CLI and the voice gateway (`/v1/*`).
+#[derive(Debug, Args, Clone)]
+pub struct VoiceArgs {
+    /// The `claude` program (a path, or a name looked up on PATH).
+    #[arg(long, env = "AFK_CLAUDE_BIN", default_value = "claude")]
+    pub claude_bin: PathBuf,
+    /// Writable directory for the CLI's HOME, its sessions and per-turn working directories.
+    #[arg(long, env = "AFK_STATE_DIR", default_value = "/tmp/afk-operator")]
+    pub state_dir: PathBuf,
+    /// File holding the model API key given to the CLI as `ANTHROPIC_API_KEY` (re-read per turn).
+    #[arg(long, env = "AFK_CLAUDE_API_KEY_FILE")]
+    pub claude_api_key_file: Option<PathBuf>,
+    /// Full model ids served besides the aliases `sonnet`, `opus`, `haiku` (comma-separated).
+    #[arg(long, env = "AFK_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Model used when a conversational request names none.
+    #[arg(long, env = "AFK_DEFAULT_MODEL", default_value = "sonnet")]
+    pub default_model: String,
+    /// CLI turns that may run at once (chat and conversational together).
+    #[arg(long, env = "AFK_MAX_CONCURRENT_TURNS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_concurrent_turns: u64,
+    /// Requests that may wait for a turn slot; beyond it the answer is 429 with `Retry-After`.
+    #[arg(long, env = "AFK_MAX_QUEUED_TURNS", default_value_t = 16)]
+    pub max_queued_turns: u64,
+    /// Seconds a queued request waits for a slot before a 503.
+    #[arg(long, env = "AFK_QUEUE_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub queue_wait_secs: u64,
+    /// Seconds one chat or conversational turn may take before its process group is killed.
+    #[arg(long, env = "AFK_TURN_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub turn_timeout_secs: u64,
+    /// Cost cap per chat/conversational turn in USD (`--max-budget-usd`), when set.
+    #[arg(long, env = "AFK_CHAT_MAX_BUDGET_USD")]
+    pub chat_max_budget_usd: Option<f64>,
+}
+
+/// Breakglass sessions and the VM power verbs (`/api/breakglass/*`).
+#[derive(Debug, Args, Clone)]
+pub struct BreakglassArgs {
+    /// Sessions held at once; creating one more evicts the longest-idle session without a turn.
+    #[arg(long, env = "AFK_BREAKGLASS_MAX_SESSIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub breakglass_max_sessions: u64,
+    /// Seconds after which a session without a running turn or subscriber is dropped.
+    #[arg(long, env = "AFK_BREAKGLASS_IDLE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=604800))]
+    pub breakglass_idle_secs: u64,
+    /// Events kept per session for replay; an older cursor gets `event: resync`.
+    #[arg(long, env = "AFK_BREAKGLASS_LOG_EVENTS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(16..=1000000))]
+    pub breakglass_log_events: u64,
+    /// Seconds one breakglass turn may run before its process group is killed.
+    #[arg(long, env = "AFK_BREAKGLASS_TURN_TIMEOUT_SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub breakglass_turn_timeout_secs: u64,
+    /// Model for breakglass turns that name none.
+    #[arg(long, env = "AFK_BREAKGLASS_MODEL", default_value = "opus")]
+    pub breakglass_model: String,
+    /// Tools the breakglass agent may use without asking (`--allowedTools`, comma-separated).
+    #[arg(long, env = "AFK_BREAKGLASS_ALLOWED_TOOLS", value_delimiter = ',')]
+    pub breakglass_allowed_tools: Vec<String>,
+    /// ssh destination for the VM power verbs (e.g. `power@pve.example`); unset = verbs answer 503.
+    #[arg(long, env = "AFK_PVE_SSH_TARGET")]
+    pub pve_ssh_target: Option<String>,
+    /// Private key for the power-verb ssh (a mounted Secret file).
+    #[arg(long, env = "AFK_PVE_SSH_KEY_FILE")]
+    pub pve_ssh_key_file: Option<PathBuf>,
+    /// known_hosts file pinning the power-verb host key (strict checking when set).
+    #[arg(long, env = "AFK_PVE_KNOWN_HOSTS_FILE")]
+    pub pve_known_hosts_file: Option<PathBuf>,
+    /// The ssh program.
+    #[arg(long, env = "AFK_PVE_SSH_PROGRAM", default_value = "ssh")]
+    pub pve_ssh_program: PathBuf,
+    /// Seconds a power verb may run before it is killed.
+    #[arg(long, env = "AFK_PVE_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pve_timeout_secs: u64,
+}
+
+impl SidecarArgs {
+    /// The sidecar's options from an argv (tests and embedding); defaults for everything not given.
+    pub fn from_argv<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: SidecarArgs,
+        }
+        Only::try_parse_from(std::iter::once("sidecar".into()).chain(argv.into_iter().map(Into::into)))
+            .map(|o| o.args)
+    }
 }
 
 #[cfg(test)]

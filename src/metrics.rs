@@ -47,6 +47,15 @@ pub struct ErrorLabels {
     pub category: String,
 }
 
+/// A label set for sidecar requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    /// The route template, e.g. `/v1/chat/completions`.
+    pub route: String,
+    /// The HTTP status code.
+    pub status: u16,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -65,6 +74,16 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// GitHub requests left in the rate-limit window.
     pub github_rate_limit_remaining: Gauge,
+    /// Sidecar requests by route and status.
+    pub requests: Family<RouteStatus, Counter>,
+    /// Time from a chat request to its first content.
+    pub time_to_first_token: Histogram,
+    /// Chat / conversational streams open now.
+    pub active_streams: Gauge,
+    /// CLI turns that failed, by static kind (`api`, `budget`, `crashed`, `timeout`, `spawn`, …).
+    pub cli_failures: Family<Kind, Counter>,
+    /// Breakglass sessions held now.
+    pub breakglass_sessions: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,8 +138,45 @@ impl Metrics {
             "GitHub requests left in the window",
             github_rate_limit_remaining.clone(),
         );
+        let requests = Family::<RouteStatus, Counter>::default();
+        let time_to_first_token = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let active_streams = Gauge::default();
+        let cli_failures = Family::<Kind, Counter>::default();
+        let breakglass_sessions = Gauge::default();
+        registry.register(
+            "sidecar_requests",
+            "Sidecar requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "chat_time_to_first_token_seconds",
+            "Time from a chat request to its first content",
+            time_to_first_token.clone(),
+        );
+        registry.register(
+            "chat_active_streams",
+            "Chat streams open now",
+            active_streams.clone(),
+        );
+        registry.register(
+            "cli_failures",
+            "CLI turns that failed by kind",
+            cli_failures.clone(),
+        );
+        registry.register(
+            "breakglass_sessions",
+            "Breakglass sessions held",
+            breakglass_sessions.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            requests,
+            time_to_first_token,
+            active_streams,
+            cli_failures,
+            breakglass_sessions,
             runs,
             dispatches,
             escalations,
@@ -137,6 +193,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Count a CLI failure of a static kind.
+    pub fn cli_failure(&self, kind: &str) {
+        self.cli_failures
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// A timer that records the reconcile duration when dropped.
@@ -187,6 +252,14 @@ mod tests {
             })
             .set(2);
         drop(m.time_reconcile("afkrun"));
+        m.requests
+            .get_or_create(&RouteStatus {
+                route: "/v1/models".into(),
+                status: 200,
+            })
+            .inc();
+        m.cli_failure("timeout");
+        m.time_to_first_token.observe(0.002);
         let text = m.render();
         for needle in [
             "afk_dispatches_total{result=\"ok\"} 1",
@@ -195,6 +268,11 @@ mod tests {
             "afk_runs{phase=\"Working\"} 2",
             "afk_reconcile_duration_seconds_count{controller=\"afkrun\"} 1",
             "afk_github_rate_limit_remaining 0",
+            "afk_sidecar_requests_total{route=\"/v1/models\",status=\"200\"} 1",
+            "afk_cli_failures_total{kind=\"timeout\"} 1",
+            "afk_chat_time_to_first_token_seconds_count 1",
+            "afk_chat_active_streams 0",
+            "afk_breakglass_sessions 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

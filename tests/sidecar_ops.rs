@@ -76,12 +76,16 @@ fn setup(trust_proxy_header: bool, with_token: bool) -> Setup {
     if with_token {
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     }
-    let args = SidecarArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        api_token_file: Some(token_file.clone()),
-        trust_proxy_header,
-        agents_dir: "agents".into(),
-    };
+    let mut argv = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--api-token-file".into(),
+        token_file.display().to_string(),
+    ];
+    if trust_proxy_header {
+        argv.push("--trust-proxy-header".into());
+    }
+    let args = SidecarArgs::from_argv(argv).unwrap();
     let (trigger, trigger_rx) = tokio::sync::broadcast::channel(8);
     let cluster = Cluster {
         client: api.client(),
@@ -90,6 +94,7 @@ fn setup(trust_proxy_header: bool, with_token: bool) -> Setup {
     };
     let state = SidecarState::new(
         &args,
+        &afk_operator::agents::Agents::default(),
         Arc::new(AtomicBool::new(true)),
         Metrics::new(),
         Some(cluster),

@@ -3,6 +3,7 @@
 //! Failures are classified once, here, as transient (retry with backoff, same ids) or permanent
 //! (stop and report), and error messages never carry tokens or secret URLs.
 
+pub mod claude;
 pub mod github;
 pub mod notify;
 pub mod retry;

@@ -1,11 +1,16 @@
-//! The sidecar: one axum server in the same process as the controllers. Unauthenticated:
-//! `/healthz`, `/readyz` (true once the controllers' watches have synced) and `/metrics`.
-//! Bearer-authenticated (`auth`): the AFK operations view and the emergency stop (`afk_ops`).
-//! HMAC-verified: the GitHub webhook (`webhook`), which triggers an immediate poll. The voice
-//! gateway and breakglass routes join this router when they are built.
+//! The sidecar: one HTTP server in the same process as the controllers. Unauthenticated:
+//! `/healthz`, `/readyz` (true once the controllers' watches have synced), `/metrics` and the
+//! static web console. Bearer-authenticated (`auth`): the voice gateway (`voice`, over the
+//! OpenAI wire format in `openai`), breakglass sessions and VM power verbs (`breakglass`, `pve`),
+//! the AFK operations view and the emergency stop (`afk_ops`). HMAC-verified: the GitHub webhook
+//! (`webhook`). `turns` drives one CLI turn for any of them. Served by a hyper connection loop
+//! (`serve`) with a header-read timeout and a shutdown that ends open streams.
 
 pub mod afk_ops;
 pub mod auth;
+pub mod openai;
+pub mod turns;
+pub mod voice;
 pub mod webhook;
 
 use std::{
@@ -14,6 +19,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
@@ -27,7 +33,18 @@ use axum::{
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
-use crate::{config::SidecarArgs, crd::AfkConfig, metrics::Metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    adapters::{
+        FileSecret, SecretSource,
+        claude::{AgentCli, AgentSpec, ClaudeCli},
+    },
+    agents::Agents,
+    config::SidecarArgs,
+    crd::AfkConfig,
+    metrics::{Metrics, RouteStatus},
+};
 
 /// What the sidecar needs of the cluster (absent for `afk-operator sidecar`).
 #[derive(Clone)]
@@ -59,16 +76,51 @@ pub struct SidecarState {
     pub auth: Arc<auth::ApiAuth>,
     /// The cluster, when running beside the controllers.
     pub cluster: Option<Cluster>,
+    /// The voice gateway (absent when no CLI agent is configured, e.g. in some tests).
+    pub voice: Option<Arc<voice::Gateway>>,
+    /// Cancelled when the server shuts down; open streams end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl SidecarState {
-    /// State from the sidecar's flags.
+    /// State from the sidecar's flags, running the CLI agents from `agents`.
     pub fn new(
         args: &SidecarArgs,
+        agents: &Agents,
         ready: Arc<AtomicBool>,
         metrics: Metrics,
         cluster: Option<Cluster>,
     ) -> Self {
+        let cli: Arc<dyn AgentCli> = Arc::new(ClaudeCli::new(
+            args.voice.claude_bin.clone(),
+            args.voice.state_dir.join("home"),
+            args.voice
+                .claude_api_key_file
+                .clone()
+                .map(|path| Box::new(FileSecret::new(path)) as Box<dyn SecretSource>),
+        ));
+        Self::with_cli(args, agents, cli, ready, metrics, cluster)
+    }
+
+    /// State with a given CLI (tests point it at a fake or a loopback model API).
+    pub fn with_cli(
+        args: &SidecarArgs,
+        agents: &Agents,
+        cli: Arc<dyn AgentCli>,
+        ready: Arc<AtomicBool>,
+        metrics: Metrics,
+        cluster: Option<Cluster>,
+    ) -> Self {
+        let shutdown = CancellationToken::new();
+        let voice = agents.get("conversational").map(|agent| {
+            Arc::new(voice::Gateway::new(
+                &args.voice,
+                AgentSpec::from_agent(agent),
+                cli.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         Self {
             ready,
             metrics,
@@ -77,12 +129,20 @@ impl SidecarState {
                 args.trust_proxy_header,
             )),
             cluster,
+            voice,
+            shutdown,
         }
     }
 
     /// State for a sidecar without controllers: ready at once.
-    pub fn standalone(args: &SidecarArgs) -> Self {
-        Self::new(args, Arc::new(AtomicBool::new(true)), Metrics::new(), None)
+    pub fn standalone(args: &SidecarArgs, agents: &Agents) -> Self {
+        Self::new(
+            args,
+            agents,
+            Arc::new(AtomicBool::new(true)),
+            Metrics::new(),
+            None,
+        )
     }
 }
 
@@ -120,9 +180,17 @@ async fn metrics(State(s): State<SidecarState>) -> impl IntoResponse {
 
 /// Request bodies of authenticated routes are small JSON documents.
 const MAX_API_BODY: usize = 64 * 1024;
+/// Chat requests carry a dialogue; a spoken one stays far below this.
+pub const MAX_V1_BODY: usize = 256 * 1024;
 
 /// The router with every route the sidecar serves.
 pub fn router(state: SidecarState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/models", get(voice::models))
+        .route("/v1/chat/completions", post(voice::chat_completions))
+        .route("/v1/conversational", post(voice::conversational))
+        .layer(DefaultBodyLimit::max(MAX_V1_BODY))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new()
         .route("/api/afk/runs", get(afk_ops::runs))
         .route(
@@ -138,12 +206,37 @@ pub fn router(state: SidecarState) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(v1)
         .merge(api)
         .merge(webhooks)
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
-/// Bind and serve until `shutdown` resolves.
+/// Count every request by route template and status (bounded labels: unmatched routes are `other`).
+async fn count_requests(
+    State(state): State<SidecarState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Bind and serve until `shutdown` resolves. Open streams are told to end (the state's
+/// cancellation token) and the server waits up to `DRAIN` for connections to finish.
 pub async fn serve(
     args: SidecarArgs,
     state: SidecarState,
@@ -151,7 +244,70 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_on(
+        listener,
+        state,
+        Duration::from_secs(args.header_read_timeout_secs),
+        shutdown,
+    )
+    .await
+}
+
+/// How long shutdown waits for open connections after telling streams to end.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serve on a bound listener: HTTP/1.1 and h2c, request headers must arrive within
+/// `header_timeout` (slowloris), graceful shutdown.
+pub async fn serve_on(
+    listener: TcpListener,
+    state: SidecarState,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::{conn::auto, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    let cancel = state.shutdown.clone();
+    let app = router(state);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    cancel.cancel();
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+    Ok(())
 }

@@ -1,0 +1,461 @@
+//! The `claude` CLI as a subprocess: the one place the sidecar starts processes for the voice
+//! gateway and breakglass sessions. A turn is `claude -p --output-format stream-json --verbose
+//! --include-partial-messages` with the prompt on stdin (never in argv, never through a shell),
+//! in its own process group, with a curated environment (HOME under the sidecar's state dir,
+//! the model API key read from a file). The turn's events arrive on a bounded channel; dropping
+//! the [`Turn`] — a client disconnect, a timeout, shutdown — kills the whole process group at
+//! once and a reaper task waits for the child, so no CLI, and none of its children, outlive the
+//! request. Stdout is parsed line by line by [`stream`]; stderr is kept (capped) for logs only.
+
+pub mod stream;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{io::AsyncReadExt, io::AsyncWriteExt, process::Command, sync::mpsc};
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+pub use stream::{CliEvent, Failure, ToolUse, TurnResult, Usage};
+
+use super::SecretSource;
+
+/// Longest stdout line accepted (tool results can be large; anything longer is dropped).
+const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+/// Stderr kept for diagnostics.
+const MAX_STDERR_BYTES: usize = 16 * 1024;
+/// How long stdout may stay open after the CLI itself exited (a grandchild holding the pipe).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+/// Events buffered between the reader and the consumer.
+const EVENT_BUFFER: usize = 256;
+
+/// How a turn relates to a CLI session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionMode {
+    /// One-off: `--no-session-persistence`.
+    Stateless,
+    /// Open a new session with this id: `--session-id`.
+    Open(uuid::Uuid),
+    /// Continue a session: `--resume`.
+    Resume(uuid::Uuid),
+}
+
+/// The agent a turn runs as (from `agents/*.md`).
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    /// Agent name.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// System prompt (the Markdown body).
+    pub prompt: String,
+    /// `Some(vec![])` = no tools at all; `None` = the CLI's defaults.
+    pub tools: Option<Vec<String>>,
+}
+
+impl AgentSpec {
+    /// From a loaded agent file.
+    pub fn from_agent(agent: &crate::agents::Agent) -> Self {
+        Self {
+            name: agent.meta.name.clone(),
+            description: agent.meta.description.clone(),
+            prompt: agent.body.clone(),
+            tools: agent.meta.tools.clone(),
+        }
+    }
+}
+
+/// One turn to run.
+#[derive(Clone, Debug)]
+pub struct TurnRequest {
+    /// The prompt (written to stdin).
+    pub prompt: String,
+    /// `--model`.
+    pub model: String,
+    /// The agent.
+    pub agent: Arc<AgentSpec>,
+    /// Session handling.
+    pub session: SessionMode,
+    /// Working directory (empty; sessions are keyed by it inside the CLI).
+    pub cwd: PathBuf,
+    /// `--max-budget-usd`, when set.
+    pub max_budget_usd: Option<f64>,
+    /// `--allowedTools`, when the agent has tools.
+    pub allowed_tools: Vec<String>,
+}
+
+impl TurnRequest {
+    /// The CLI's argv (without the program). The prompt is not in it.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--setting-sources",
+            "user",
+            "--exclude-dynamic-system-prompt-sections",
+            "--strict-mcp-config",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--model".to_string(), self.model.clone()]);
+        let mut definition = serde_json::json!({
+            "description": self.agent.description,
+            "prompt": self.agent.prompt,
+        });
+        if let Some(tools) = &self.agent.tools {
+            definition["tools"] = serde_json::json!(tools);
+            // `--tools ""` removes every built-in tool, not just the agent's view of them.
+            args.extend(["--tools".to_string(), tools.join(",")]);
+        }
+        let agents = serde_json::json!({ self.agent.name.clone(): definition });
+        args.extend(["--agents".to_string(), agents.to_string()]);
+        args.extend(["--agent".to_string(), self.agent.name.clone()]);
+        match &self.session {
+            SessionMode::Stateless => args.push("--no-session-persistence".to_string()),
+            SessionMode::Open(id) => args.extend(["--session-id".to_string(), id.to_string()]),
+            SessionMode::Resume(id) => args.extend(["--resume".to_string(), id.to_string()]),
+        }
+        if let Some(budget) = self.max_budget_usd {
+            args.extend(["--max-budget-usd".to_string(), budget.to_string()]);
+        }
+        if !self.allowed_tools.is_empty() {
+            args.extend(["--allowedTools".to_string(), self.allowed_tools.join(",")]);
+        }
+        args
+    }
+}
+
+/// Why a turn could not start or ended without a result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// The program could not be started.
+    #[error("cannot start the claude CLI: {0}")]
+    Spawn(String),
+    /// The CLI exited without a `result` event.
+    #[error("the claude CLI exited ({code:?}) without a result")]
+    Crashed {
+        /// Exit code (`None` when killed by a signal).
+        code: Option<i32>,
+        /// Captured stderr (for logs only; never sent to clients).
+        stderr: String,
+    },
+    /// The session id is taken (`--session-id` of an existing session).
+    #[error("the session id is already in use")]
+    SessionInUse,
+}
+
+/// A running turn: its events, then its end. Dropping it kills the process group.
+#[derive(Debug)]
+pub struct Turn {
+    events: mpsc::Receiver<TurnItem>,
+    group: GroupGuard,
+}
+
+/// What a running turn yields.
+#[derive(Debug)]
+pub enum TurnItem {
+    /// A parsed event.
+    Event(CliEvent),
+    /// The process ended; `Err` when it ended without a `result`.
+    Ended(Result<(), CliError>),
+}
+
+impl Turn {
+    /// The next item; `None` after [`TurnItem::Ended`].
+    pub async fn next(&mut self) -> Option<TurnItem> {
+        self.events.recv().await
+    }
+
+    /// Kill the process group now (also done on drop).
+    pub fn kill(&self) {
+        self.group.kill();
+    }
+
+    /// The process group id (for tests and diagnostics).
+    pub fn process_group(&self) -> i32 {
+        self.group.pgid
+    }
+}
+
+/// Kills the process group when dropped.
+#[derive(Debug)]
+struct GroupGuard {
+    pgid: i32,
+}
+
+impl GroupGuard {
+    fn kill(&self) {
+        if self.pgid > 0 {
+            // ESRCH (already gone) is the normal case after a clean exit.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts CLI turns. The real implementation is [`ClaudeCli`]; tests point it at the real CLI
+/// (against a loopback Messages API) or at a fake script with the same stream-json output.
+#[async_trait::async_trait]
+pub trait AgentCli: Send + Sync + std::fmt::Debug {
+    /// Start a turn.
+    async fn start(&self, request: &TurnRequest) -> Result<Turn, CliError>;
+}
+
+/// The `claude` program and the environment it runs in.
+#[derive(Debug)]
+pub struct ClaudeCli {
+    program: PathBuf,
+    home: PathBuf,
+    api_key: Option<Box<dyn SecretSource>>,
+    passthrough_env: BTreeMap<String, String>,
+}
+
+/// Variables copied from the sidecar's environment to the CLI's (everything else is cleared).
+const PASSTHROUGH_PREFIXES: &[&str] = &[
+    "ANTHROPIC_BASE_URL",
+    "CLAUDE_CODE_",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+];
+
+impl ClaudeCli {
+    /// A CLI at `program` (looked up on PATH when it has no slash) with HOME at `home`.
+    pub fn new(program: PathBuf, home: PathBuf, api_key: Option<Box<dyn SecretSource>>) -> Self {
+        let passthrough_env = std::env::vars()
+            .filter(|(k, _)| {
+                PASSTHROUGH_PREFIXES.iter().any(|p| k.starts_with(p)) || k == "PATH" || k == "LANG"
+            })
+            .collect();
+        Self {
+            program,
+            home,
+            api_key,
+            passthrough_env,
+        }
+    }
+
+    /// Add or replace one environment variable of the CLI (tests, `ANTHROPIC_BASE_URL`).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.passthrough_env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    fn command(&self, request: &TurnRequest) -> Result<Command, CliError> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(request.args())
+            .current_dir(&request.cwd)
+            .env_clear()
+            .envs(&self.passthrough_env)
+            .env("HOME", &self.home)
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("DISABLE_ERROR_REPORTING", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if !self.passthrough_env.contains_key("CLAUDE_CODE_MAX_RETRIES") {
+            // The CLI retries a failing API up to 10 times with backoff; a voice turn cannot wait.
+            command.env("CLAUDE_CODE_MAX_RETRIES", "2");
+        }
+        if let Some(source) = &self.api_key {
+            let key = source.read().map_err(|e| CliError::Spawn(e.message))?;
+            command.env("ANTHROPIC_API_KEY", key.expose().trim());
+        }
+        Ok(command)
+    }
+}
+
+#[async_trait::async_trait]
+impl AgentCli for ClaudeCli {
+    async fn start(&self, request: &TurnRequest) -> Result<Turn, CliError> {
+        ensure_dir(&request.cwd)?;
+        ensure_dir(&self.home)?;
+        let mut child = self
+            .command(request)?
+            .spawn()
+            .map_err(|e| CliError::Spawn(format!("{}: {e}", self.program.display())))?;
+        let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+        let group = GroupGuard { pgid };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let prompt = request.prompt.clone();
+        tokio::spawn(async move {
+            if let Some(mut stdin) = stdin {
+                // A CLI that dies before reading stdin is reported by its exit, not here.
+                let _ = stdin.write_all(prompt.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            }
+        });
+        let stderr_task = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            if let Some(mut stderr) = stderr {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = MAX_STDERR_BYTES.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        });
+        tokio::spawn(pump(child, pgid, stdout, stderr_task, tx));
+        Ok(Turn { events: rx, group })
+    }
+}
+
+/// Read stdout to the end (or until the consumer goes away), then reap the child and report.
+async fn pump(
+    mut child: tokio::process::Child,
+    pgid: i32,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr_task: tokio::task::JoinHandle<String>,
+    tx: mpsc::Sender<TurnItem>,
+) {
+    let guard = GroupGuard { pgid };
+    let mut saw_result = false;
+    let mut consumer_gone = false;
+    let mut exit_status = None;
+    if let Some(stdout) = stdout {
+        let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        loop {
+            let next = if exit_status.is_some() {
+                // The CLI exited; whatever still holds the pipe gets a short grace, then the group dies.
+                match tokio::time::timeout(DRAIN_AFTER_EXIT, lines.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    next = lines.next() => next,
+                    status = child.wait() => { exit_status = status.ok(); continue; }
+                }
+            };
+            let line = match next {
+                None => break,
+                Some(Ok(line)) => line,
+                // Over-long line: skipped (the codec resynchronises at the next newline).
+                Some(Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)) => continue,
+                Some(Err(_)) => break,
+            };
+            if let Some(event) = stream::parse_line(&line) {
+                saw_result |= matches!(event, CliEvent::Result(_));
+                if tx.send(TurnItem::Event(event)).await.is_err() {
+                    consumer_gone = true;
+                    break;
+                }
+            }
+        }
+    }
+    // Nothing of the turn may outlive it: kill whatever is left in the group, then reap.
+    guard.kill();
+    let status = match exit_status {
+        Some(status) => Some(status),
+        None => child.wait().await.ok(),
+    };
+    let stderr = stderr_task.await.unwrap_or_default();
+    if consumer_gone {
+        return;
+    }
+    let ended = if saw_result {
+        Ok(())
+    } else if stderr.contains("is already in use") {
+        Err(CliError::SessionInUse)
+    } else {
+        let code = status.and_then(|s| s.code());
+        tracing::warn!(?code, stderr = %stderr.trim(), "claude CLI exited without a result");
+        Err(CliError::Crashed { code, stderr })
+    };
+    let _ = tx.send(TurnItem::Ended(ended)).await;
+}
+
+fn ensure_dir(path: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(path).map_err(|e| CliError::Spawn(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(session: SessionMode, tools: Option<Vec<String>>) -> TurnRequest {
+        TurnRequest {
+            prompt: "secret prompt".into(),
+            model: "sonnet".into(),
+            agent: Arc::new(AgentSpec {
+                name: "conversational".into(),
+                description: "voice".into(),
+                prompt: "be brief".into(),
+                tools,
+            }),
+            session,
+            cwd: PathBuf::from("/tmp"),
+            max_budget_usd: None,
+            allowed_tools: vec![],
+        }
+    }
+
+    #[test]
+    fn argv_has_lean_flags_and_never_the_prompt_or_skip_permissions() {
+        let args = request(SessionMode::Stateless, Some(vec![])).args();
+        for flag in [
+            "-p",
+            "--verbose",
+            "--include-partial-messages",
+            "--exclude-dynamic-system-prompt-sections",
+            "--no-session-persistence",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+        }
+        let pos = args.iter().position(|a| a == "--tools").unwrap();
+        assert_eq!(args[pos + 1], "", "no tools at all");
+        assert!(!args.iter().any(|a| a.contains("secret prompt")));
+        assert!(!args.iter().any(|a| a.contains("dangerously")));
+        let pos = args.iter().position(|a| a == "--agents").unwrap();
+        let agents: serde_json::Value = serde_json::from_str(&args[pos + 1]).unwrap();
+        assert_eq!(agents["conversational"]["prompt"], "be brief");
+        assert_eq!(agents["conversational"]["tools"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn session_modes_map_to_their_flags() {
+        let id = uuid::Uuid::new_v4();
+        let open = request(SessionMode::Open(id), None).args();
+        let resume = request(SessionMode::Resume(id), None).args();
+        assert!(
+            open.windows(2)
+                .any(|w| w[0] == "--session-id" && w[1] == id.to_string())
+        );
+        assert!(
+            resume
+                .windows(2)
+                .any(|w| w[0] == "--resume" && w[1] == id.to_string())
+        );
+        assert!(
+            !open.iter().any(|a| a == "--tools"),
+            "default tools when the agent names none"
+        );
+    }
+}
