@@ -329,10 +329,7 @@ async fn disconnect_mid_stream_kills_the_whole_process_group_within_two_seconds(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(group_members(pgid).len() >= 2, "CLI and grandchild running");
-    assert_eq!(
-        sc.state.metrics.render().contains("afk_chat_active_streams 1"),
-        true
-    );
+    assert!(sc.state.metrics.render().contains("afk_chat_active_streams 1"));
     drop(stream);
     let took = wait_group_gone(pgid, Duration::from_secs(2))
         .await
