@@ -7,6 +7,7 @@
 // neither the size of an axum Response nor an extra argument matters in test support.
 #![allow(clippy::result_large_err, clippy::too_many_arguments)]
 
+pub mod anthropic;
 pub mod apiserver;
 pub mod github;
 pub mod notify;

@@ -1,0 +1,248 @@
+//! The voice gateway driving the **real** `claude` CLI (2.1.330, installed by `.ci/run` into
+//! `.tools/claude`) against the project's loopback fake of the Anthropic Messages API.
+//!
+//! Where the CLI is not installed these tests say so and pass, unless `AFK_REQUIRE_REAL_CLI=1`
+//! (set by `.ci/run`), where a missing CLI fails them.
+
+mod sidecar_support;
+
+use std::{path::PathBuf, time::Duration};
+
+use afk_testkit::anthropic::{FakeAnthropic, Reply};
+use serde_json::{Value, json};
+use sidecar_support::{Sidecar, sse_events};
+
+const API_KEY: &str = "sk-ant-test-key";
+
+fn real_cli() -> Option<PathBuf> {
+    let candidate = std::env::var_os("AFK_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/.tools/claude/node_modules/.bin/claude"
+            ))
+        });
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var("AFK_REQUIRE_REAL_CLI").as_deref() != Ok("1"),
+        "the real claude CLI is required but not at {}",
+        candidate.display()
+    );
+    eprintln!(
+        "SKIPPED: the real claude CLI is not installed at {}",
+        candidate.display()
+    );
+    None
+}
+
+async fn start(fake: &FakeAnthropic, flags: &[&str], retries: &str) -> Option<Sidecar> {
+    let cli = real_cli()?;
+    let base = fake.served.url();
+    Some(
+        Sidecar::start(
+            &cli,
+            &[
+                ("ANTHROPIC_BASE_URL", base.as_str()),
+                ("ANTHROPIC_API_KEY", API_KEY),
+                ("CLAUDE_CODE_MAX_RETRIES", retries),
+            ],
+            flags,
+        )
+        .await,
+    )
+}
+
+fn last_user_text(request: &Value) -> String {
+    let last = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap();
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn streamed_text_arrives_intact_with_usage() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["unused"])).await;
+    fake.script([Reply::Text {
+        chunks: ["Hel", "lo, ", "wörld", " — ", "ok ", "🙂"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        input_tokens: 21,
+        output_tokens: 9,
+        first_delay: Duration::ZERO,
+    }]);
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let body = sc
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "sonnet", "stream": true, "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": "say hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap().1, "[DONE]", "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello, wörld — ok 🙂");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 9);
+    assert_eq!(usage["prompt_tokens"], 21);
+    let requests = fake.message_requests();
+    assert_eq!(requests.len(), 1, "one model request for one turn");
+    assert_eq!(last_user_text(&requests[0]).trim(), "say hello");
+    assert_eq!(
+        requests[0]["tools"].as_array().map_or(0, Vec::len),
+        0,
+        "no tools offered to the model"
+    );
+    let system = requests[0]["system"].to_string();
+    assert!(
+        system.contains("You are a voice assistant"),
+        "the conversational agent's prompt is used"
+    );
+}
+
+#[tokio::test]
+async fn non_streaming_completion_from_the_real_cli() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["Four", "."])).await;
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let body: Value = sc
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "haiku", "messages": [{"role": "user", "content": "2+2?"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Four.");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn conversational_resume_sends_the_earlier_turns() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["fallback"])).await;
+    fake.script([
+        Reply::text(&["Nice to ", "meet you, Ada."]),
+        Reply::text(&["Your name is Ada."]),
+    ]);
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let one: Value = sc
+        .post(
+            "/v1/conversational",
+            json!({"session_id": id, "message": "My name is Ada."}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["reply"], "Nice to meet you, Ada.");
+    let two: Value = sc
+        .post(
+            "/v1/conversational",
+            json!({"session_id": id, "message": "What is my name?"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(two, json!({"session_id": id, "reply": "Your name is Ada."}));
+    let requests = fake.message_requests();
+    let second = serde_json::to_string(&requests.last().unwrap()["messages"]).unwrap();
+    assert!(
+        second.contains("My name is Ada."),
+        "the resumed turn carries the first: {second}"
+    );
+    assert!(second.contains("Nice to meet you, Ada."));
+    assert!(second.contains("What is my name?"));
+}
+
+#[tokio::test]
+async fn an_api_error_becomes_a_503() {
+    let fake = FakeAnthropic::start(
+        API_KEY,
+        Reply::Error {
+            status: 529,
+            kind: "overloaded_error".into(),
+        },
+    )
+    .await;
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let resp = sc
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "sonnet", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "upstream_error");
+    assert_eq!(err["error"]["message"], "the model API answered 529");
+}
+
+#[tokio::test]
+async fn a_budget_overrun_becomes_a_402() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["x"])).await;
+    fake.script([Reply::Text {
+        chunks: vec!["expensive".into()],
+        input_tokens: 2_000_000,
+        output_tokens: 100_000,
+        first_delay: Duration::ZERO,
+    }]);
+    let Some(sc) = start(&fake, &["--chat-max-budget-usd", "0.01"], "0").await else {
+        return;
+    };
+    let resp = sc
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "budget_exceeded");
+    assert_eq!(err["error"]["type"], "insufficient_quota");
+}
