@@ -169,10 +169,10 @@ fn validate(headers: &HeaderMap, body: &Bytes, api_key: &str) -> Result<Value, R
     if !body.get("model").is_some_and(Value::is_string) {
         return bad("model: Field required");
     }
-    if !body
+    if body
         .get("max_tokens")
         .and_then(Value::as_u64)
-        .is_some_and(|n| n > 0)
+        .is_none_or(|n| n == 0)
     {
         return bad("max_tokens: Field required");
     }
