@@ -8,6 +8,7 @@
 
 pub mod afk_ops;
 pub mod auth;
+pub mod breakglass;
 pub mod openai;
 pub mod turns;
 pub mod voice;
@@ -78,6 +79,8 @@ pub struct SidecarState {
     pub cluster: Option<Cluster>,
     /// The voice gateway (absent when no CLI agent is configured, e.g. in some tests).
     pub voice: Option<Arc<voice::Gateway>>,
+    /// Breakglass sessions (absent without the breakglass agent).
+    pub breakglass: Option<Arc<breakglass::Breakglass>>,
     /// Cancelled when the server shuts down; open streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -121,6 +124,16 @@ impl SidecarState {
                 shutdown.clone(),
             ))
         });
+        let breakglass = agents.get("breakglass").map(|agent| {
+            breakglass::Breakglass::new(
+                &args.breakglass,
+                &args.voice.state_dir,
+                AgentSpec::from_agent(agent),
+                cli.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+        });
         Self {
             ready,
             metrics,
@@ -130,6 +143,7 @@ impl SidecarState {
             )),
             cluster,
             voice,
+            breakglass,
             shutdown,
         }
     }
@@ -192,6 +206,17 @@ pub fn router(state: SidecarState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_V1_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new()
+        .route(
+            "/api/breakglass/sessions",
+            get(breakglass::list).post(breakglass::create),
+        )
+        .route(
+            "/api/breakglass/sessions/{id}",
+            axum::routing::delete(breakglass::delete),
+        )
+        .route("/api/breakglass/sessions/{id}/stream", get(breakglass::stream))
+        .route("/api/breakglass/sessions/{id}/prompt", post(breakglass::prompt))
+        .route("/api/breakglass/sessions/{id}/cancel", post(breakglass::cancel))
         .route("/api/afk/runs", get(afk_ops::runs))
         .route(
             "/api/afk/emergency-stop",

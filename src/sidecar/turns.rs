@@ -238,33 +238,44 @@ pub struct Driver {
     turn: Option<Turn>,
     deadline: Instant,
     shutdown: CancellationToken,
+    whole_messages: bool,
     saw_text: bool,
-    pending: Option<Finished>,
+    pending: std::collections::VecDeque<Step>,
     done: bool,
 }
 
 impl Driver {
-    /// Drive `turn` until `deadline`.
+    /// Drive `turn` until `deadline`; text comes from the streamed deltas.
     pub fn new(turn: Turn, deadline: Instant, shutdown: CancellationToken) -> Self {
         Self {
             turn: Some(turn),
             deadline,
             shutdown,
+            whole_messages: false,
             saw_text: false,
-            pending: None,
+            pending: std::collections::VecDeque::new(),
             done: false,
         }
     }
 
+    /// Take text from whole assistant messages (one step per text block) instead of deltas.
+    pub fn whole_messages(mut self) -> Self {
+        self.whole_messages = true;
+        self
+    }
+
     /// The next step; after `Finished` or `Failed` the turn is over (and further calls fail).
     pub async fn next(&mut self) -> Step {
-        if let Some(finished) = self.pending.take() {
-            return self.finish(finished);
-        }
-        if self.done {
-            return Step::Failed(TurnFailure::Crashed);
-        }
         loop {
+            if let Some(step) = self.pending.pop_front() {
+                return match step {
+                    Step::Finished(finished) => self.finish(finished),
+                    other => other,
+                };
+            }
+            if self.done {
+                return Step::Failed(TurnFailure::Crashed);
+            }
             let Some(turn) = self.turn.as_mut() else {
                 return self.fail(TurnFailure::Crashed);
             };
@@ -279,22 +290,29 @@ impl Driver {
                     return Step::Started { session_id, model };
                 }
                 Some(TurnItem::Event(CliEvent::TextDelta(text))) => {
-                    self.saw_text = true;
-                    return Step::Text(text);
-                }
-                Some(TurnItem::Event(CliEvent::Assistant { tools, .. })) if !tools.is_empty() => {
-                    // One tool per step; a message with several is rare and order is kept.
-                    let mut tools = tools.into_iter();
-                    let first = tools.next().expect("non-empty");
-                    if tools.len() > 0 {
-                        tracing::debug!(extra = tools.len(), "assistant message with several tool calls");
+                    if !self.whole_messages {
+                        self.saw_text = true;
+                        return Step::Text(text);
                     }
-                    return Step::Tool {
-                        name: first.name,
-                        input: first.input,
-                    };
                 }
-                Some(TurnItem::Event(CliEvent::Assistant { .. })) => continue,
+                Some(TurnItem::Event(CliEvent::Assistant { texts, tools, error })) => {
+                    // Synthetic error messages are reported by the result that follows.
+                    if error.is_some() {
+                        continue;
+                    }
+                    if self.whole_messages {
+                        for text in texts.into_iter().filter(|t| !t.is_empty()) {
+                            self.saw_text = true;
+                            self.pending.push_back(Step::Text(text));
+                        }
+                    }
+                    for tool in tools {
+                        self.pending.push_back(Step::Tool {
+                            name: tool.name,
+                            input: tool.input,
+                        });
+                    }
+                }
                 Some(TurnItem::Event(CliEvent::Result(result))) => {
                     if let Some(failure) = result.failure() {
                         return self.fail(TurnFailure::from_result(&result, failure));
@@ -305,15 +323,14 @@ impl Driver {
                         result: result.result.clone(),
                         duration_ms: result.duration_ms,
                     };
-                    // No partial messages seen (e.g. a very short reply): the result carries the text.
+                    // No text seen (e.g. a reply without partial messages): the result carries it.
                     if !self.saw_text
                         && let Some(text) = result.result.as_ref().filter(|t| !t.is_empty())
                     {
                         self.saw_text = true;
-                        self.pending = Some(finished);
-                        return Step::Text(text.clone());
+                        self.pending.push_back(Step::Text(text.clone()));
                     }
-                    return self.finish(finished);
+                    self.pending.push_back(Step::Finished(finished));
                 }
                 Some(TurnItem::Ended(Err(err))) => return self.fail(TurnFailure::from_start(&err)),
                 Some(TurnItem::Ended(Ok(()))) | None => return self.fail(TurnFailure::Crashed),

@@ -192,3 +192,60 @@ pub fn sse_events(body: &str) -> Vec<(String, String)> {
     }
     events
 }
+
+/// One SSE event as read off the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads SSE events one at a time from a streaming response (comments skipped).
+pub struct SseReader {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut seen_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data = serde_json::from_str(v).unwrap_or(Value::String(v.to_string()));
+                        seen_data = true;
+                    }
+                }
+                if seen_data {
+                    return Some(event);
+                }
+                continue;
+            }
+            match self.stream.next().await {
+                Some(Ok(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+}
