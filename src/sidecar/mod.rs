@@ -10,6 +10,7 @@ pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
 pub mod openai;
+pub mod pve;
 pub mod turns;
 pub mod voice;
 pub mod webhook;
@@ -81,6 +82,8 @@ pub struct SidecarState {
     pub voice: Option<Arc<voice::Gateway>>,
     /// Breakglass sessions (absent without the breakglass agent).
     pub breakglass: Option<Arc<breakglass::Breakglass>>,
+    /// The VM power verbs.
+    pub pve: Arc<pve::PowerVerbs>,
     /// Cancelled when the server shuts down; open streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -144,6 +147,7 @@ impl SidecarState {
             cluster,
             voice,
             breakglass,
+            pve: Arc::new(pve::PowerVerbs::new(&args.breakglass)),
             shutdown,
         }
     }
@@ -217,6 +221,8 @@ pub fn router(state: SidecarState) -> Router {
         .route("/api/breakglass/sessions/{id}/stream", get(breakglass::stream))
         .route("/api/breakglass/sessions/{id}/prompt", post(breakglass::prompt))
         .route("/api/breakglass/sessions/{id}/cancel", post(breakglass::cancel))
+        .route("/api/breakglass/pve/verbs", get(pve::verbs))
+        .route("/api/breakglass/pve/{verb}", post(pve::run_verb))
         .route("/api/afk/runs", get(afk_ops::runs))
         .route(
             "/api/afk/emergency-stop",

@@ -1,0 +1,362 @@
+//! VM power verbs: the path with no AI in it. `GET /api/breakglass/pve/verbs` lists the whitelist;
+//! `POST /api/breakglass/pve/{verb}` runs `ssh <target> <verb>` — no shell, `BatchMode=yes`, a
+//! connect timeout, an overall timeout that kills the process group, output capped. The verb is
+//! matched exactly against the whitelist before anything is spawned, so `status; reboot`,
+//! `STATUS` or `../start` are a 400 and never reach a process; the remote side (a forced
+//! command on the hypervisor) sees one argv word it also whitelists. Mutating verbs need
+//! `{"confirm": true}`. Every call is audit-logged: who, verb, result.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use tokio::{io::AsyncReadExt, process::Command};
+
+use super::{SidecarState, auth::Caller, error};
+use crate::config::BreakglassArgs;
+
+/// The verbs, in the order the console shows them.
+pub const VERBS: [&str; 6] = ["status", "forensics", "reset", "stop", "start", "cycle"];
+/// The verbs that change the machine's power state (they need a confirmation).
+pub const MUTATING: [&str; 4] = ["reset", "stop", "start", "cycle"];
+/// Output kept per stream.
+pub const MAX_OUTPUT: usize = 64 * 1024;
+/// ssh's own connect timeout.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// The verb, if `raw` is exactly one of the whitelist (no trimming, no case folding).
+pub fn parse_verb(raw: &str) -> Option<&'static str> {
+    VERBS.iter().copied().find(|v| *v == raw)
+}
+
+/// Whether `verb` changes power state.
+pub fn is_mutating(verb: &str) -> bool {
+    MUTATING.contains(&verb)
+}
+
+/// Whether an ssh destination is plausible and cannot be read as an option.
+pub fn valid_target(target: &str) -> bool {
+    !target.is_empty()
+        && !target.starts_with('-')
+        && target.len() <= 255
+        && target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | ':' | '[' | ']'))
+}
+
+/// How verbs are run.
+#[derive(Clone, Debug)]
+pub struct PowerVerbs {
+    program: PathBuf,
+    target: Option<String>,
+    key_file: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl PowerVerbs {
+    /// From the flags. An invalid target is treated as unset (and logged).
+    pub fn new(args: &BreakglassArgs) -> Self {
+        let target = args.pve_ssh_target.clone().filter(|t| {
+            let ok = valid_target(t);
+            if !ok {
+                tracing::error!("--pve-ssh-target is not a valid ssh destination; power verbs are disabled");
+            }
+            ok
+        });
+        Self {
+            program: args.pve_ssh_program.clone(),
+            target,
+            key_file: args.pve_ssh_key_file.clone(),
+            known_hosts: args.pve_known_hosts_file.clone(),
+            timeout: Duration::from_secs(args.pve_timeout_secs),
+        }
+    }
+
+    /// The ssh argv for `verb` (the program not included).
+    pub fn argv(&self, target: &str, verb: &'static str) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}"),
+            "-T".into(),
+        ];
+        if let Some(key) = &self.key_file {
+            args.extend([
+                "-i".into(),
+                key.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        if let Some(known) = &self.known_hosts {
+            args.extend([
+                "-o".into(),
+                "StrictHostKeyChecking=yes".into(),
+                "-o".into(),
+                format!("UserKnownHostsFile={}", known.display()),
+            ]);
+        }
+        args.extend(["--".into(), target.to_string(), verb.to_string()]);
+        args
+    }
+}
+
+/// `GET /api/breakglass/pve/verbs`.
+pub async fn verbs(State(state): State<SidecarState>) -> Response {
+    Json(json!({
+        "verbs": VERBS,
+        "mutating": MUTATING,
+        "configured": state.pve.target.is_some(),
+    }))
+    .into_response()
+}
+
+/// What a verb produced.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    truncated: bool,
+}
+
+async fn read_capped(mut reader: impl tokio::io::AsyncRead + Unpin) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outcome, StatusCode> {
+    let mut child = Command::new(&pve.program)
+        .args(pve.argv(target, verb))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            tracing::error!(error = %err, program = %pve.program.display(), "cannot start ssh");
+            StatusCode::SERVICE_UNAVAILABLE
+        })?;
+    let pgid = child.id().map(|p| p as i32);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let (out, err) = tokio::join!(
+            async {
+                match stdout {
+                    Some(s) => read_capped(s).await,
+                    None => (String::new(), false),
+                }
+            },
+            async {
+                match stderr {
+                    Some(s) => read_capped(s).await,
+                    None => (String::new(), false),
+                }
+            }
+        );
+        let status = child.wait().await;
+        (out, err, status)
+    };
+    let result = tokio::time::timeout(pve.timeout, work).await;
+    if let Some(pgid) = pgid {
+        // Whatever ssh left behind (a ProxyCommand, a control master) goes with it.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    match result {
+        Ok(((stdout, t1), (stderr, t2), status)) => Ok(Outcome {
+            code: status.ok().and_then(|s| s.code()),
+            stdout,
+            stderr,
+            truncated: t1 || t2,
+        }),
+        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+    }
+}
+
+/// `POST /api/breakglass/pve/{verb}` with an optional `{"confirm": true}`.
+pub async fn run_verb(
+    State(state): State<SidecarState>,
+    Path(raw): Path<String>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let Some(verb) = parse_verb(&raw) else {
+        tracing::warn!(audit = true, caller = %caller.0, verb = ?raw.chars().take(64).collect::<String>(), "power verb refused: not in the whitelist");
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown verb; allowed: {}", VERBS.join(", ")),
+            "unknown_verb",
+        );
+    };
+    let confirm = if body.is_empty() {
+        false
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(map)) => match map.get("confirm") {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "`confirm` must be a boolean",
+                        "invalid_request",
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be a JSON object",
+                    "invalid_request",
+                );
+            }
+        }
+    };
+    if is_mutating(verb) && !confirm {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`{verb}` changes the machine's power state; send {{\"confirm\": true}}"),
+            "confirmation_required",
+        );
+    }
+    let Some(target) = state.pve.target.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "power verbs are not configured (--pve-ssh-target)",
+            "not_configured",
+        );
+    };
+    let started = std::time::Instant::now();
+    let outcome = run(&state.pve, &target, verb).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(outcome) => {
+            tracing::warn!(audit = true, caller = %caller.0, verb, exit_code = ?outcome.code, duration_ms, "power verb ran");
+            // ssh itself exits 255 when it cannot connect or authenticate.
+            let status = if outcome.code == Some(255) {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                Json(json!({
+                    "verb": verb,
+                    "ok": outcome.code == Some(0),
+                    "exit_code": outcome.code,
+                    "stdout": outcome.stdout,
+                    "stderr": outcome.stderr,
+                    "truncated": outcome.truncated,
+                    "duration_ms": duration_ms,
+                })),
+            )
+                .into_response()
+        }
+        Err(status) => {
+            tracing::warn!(audit = true, caller = %caller.0, verb, result = %status, duration_ms, "power verb failed");
+            let message = if status == StatusCode::GATEWAY_TIMEOUT {
+                "the verb took too long and was killed"
+            } else {
+                "ssh could not be started"
+            };
+            error(
+                status,
+                message,
+                if status == StatusCode::GATEWAY_TIMEOUT {
+                    "timeout"
+                } else {
+                    "ssh_unavailable"
+                },
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_whitelisted_verbs_parse() {
+        for verb in VERBS {
+            assert_eq!(parse_verb(verb), Some(verb));
+        }
+        for hostile in [
+            "",
+            " ",
+            "status ",
+            " status",
+            "STATUS",
+            "Status",
+            "status; reboot",
+            "status && reboot",
+            "status|sh",
+            "$(reboot)",
+            "`reboot`",
+            "../start",
+            "start/..",
+            "status\n",
+            "status\0",
+            "-oProxyCommand=x",
+            "stat",
+            "statuss",
+            "cycle cycle",
+            "rm -rf /",
+            "forensics*",
+        ] {
+            assert_eq!(parse_verb(hostile), None, "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn mutating_verbs_are_the_power_changes() {
+        assert!(!is_mutating("status") && !is_mutating("forensics"));
+        assert!(MUTATING.iter().all(|v| is_mutating(v) && parse_verb(v).is_some()));
+    }
+
+    #[test]
+    fn targets_cannot_be_options() {
+        assert!(valid_target("power@pve.lan"));
+        assert!(valid_target("10.0.0.2"));
+        for bad in ["", "-oProxyCommand=sh", "a b", "host;reboot", "host\n", "$(x)"] {
+            assert!(!valid_target(bad), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn anything_outside_the_whitelist_is_refused(raw in ".{0,20}") {
+            proptest::prop_assert_eq!(parse_verb(&raw).is_some(), VERBS.contains(&raw.as_str()));
+        }
+    }
+}
