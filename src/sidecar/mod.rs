@@ -9,6 +9,7 @@
 pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
+pub mod console;
 pub mod openai;
 pub mod pve;
 pub mod turns;
@@ -237,6 +238,18 @@ pub fn router(state: SidecarState) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/console/") }),
+        )
+        .route(
+            "/console",
+            get(|| async { axum::response::Redirect::permanent("/console/") }),
+        )
+        .route("/console/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(v1)
         .merge(api)
         .merge(webhooks)
