@@ -21,7 +21,7 @@ ARG CLAUDE_CODE_VERSION
 # Debian stable's security updates are what we want here, so packages are not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates openssh-client \
+ && apt-get install -y --no-install-recommends ca-certificates openssh-client tini \
  && rm -rf /var/lib/apt/lists/* \
  && npm install -g "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
  && npm cache clean --force \
@@ -29,10 +29,12 @@ RUN apt-get update \
 COPY --from=build /afk-operator /usr/local/bin/afk-operator
 COPY agents /etc/afk/agents
 ENV AFK_AGENTS_DIR=/etc/afk/agents \
+    AFK_STATE_DIR=/var/lib/afk \
     HOME=/home/afk \
     DISABLE_AUTOUPDATER=1 \
     DISABLE_TELEMETRY=1
 USER 65532:65532
 EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/afk-operator"]
+# tini as PID 1 reaps what a killed CLI's process group leaves re-parented to it.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/afk-operator"]
 CMD ["run"]
