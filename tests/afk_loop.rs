@@ -365,7 +365,9 @@ async fn a_trigger_polls_at_once_instead_of_waiting_for_the_interval() {
     w.label_issue(42, "Do it", "alice");
     // What the GitHub webhook handler does for a `labeled` event.
     w.trigger
-        .send(kube::runtime::reflector::ObjectRef::new("team").within(NS))
+        .send(afk_operator::controller::Trigger::Config(
+            kube::runtime::reflector::ObjectRef::new("team").within(NS),
+        ))
         .unwrap();
     let started = std::time::Instant::now();
     w.wait_for("the run from the triggered poll", |w| w.run_obj(RUN).is_some())
@@ -374,4 +376,31 @@ async fn a_trigger_polls_at_once_instead_of_waiting_for_the_interval() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "well before the 10-minute poll"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_trigger_advances_a_run_at_once_instead_of_waiting_for_the_requeue() {
+    let mut w = World::new().await;
+    w.settings.run_requeue = std::time::Duration::from_secs(600);
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({"pollInterval": "10m"})).await;
+    w.start();
+    w.wait_phase(RUN, Phase::Working).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    w.push(RUN, 1, "success");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        w.run_obj(RUN).unwrap()["status"]["phase"],
+        "Working",
+        "without a trigger the run waits for its 10-minute requeue"
+    );
+    // What the GitHub webhook handler does for a `check_run` / `push` event.
+    w.trigger
+        .send(afk_operator::controller::Trigger::Run(
+            kube::runtime::reflector::ObjectRef::new(RUN).within(NS),
+        ))
+        .unwrap();
+    let started = std::time::Instant::now();
+    w.wait_phase(RUN, Phase::Verifying).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

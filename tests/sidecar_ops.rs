@@ -5,9 +5,10 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
+use afk_operator::controller::Trigger;
 use afk_operator::{
     config::SidecarArgs,
-    crd::{self, AfkConfig},
+    crd,
     metrics::Metrics,
     sidecar::{Cluster, SidecarState, router},
 };
@@ -27,7 +28,7 @@ const HOOK_SECRET: &str = "hook-secret";
 struct Setup {
     api: FakeApiServer,
     state: SidecarState,
-    trigger_rx: tokio::sync::broadcast::Receiver<kube::runtime::reflector::ObjectRef<AfkConfig>>,
+    trigger_rx: tokio::sync::broadcast::Receiver<Trigger>,
     _dir: tempfile::TempDir,
     token_file: std::path::PathBuf,
 }
@@ -61,12 +62,14 @@ fn setup(trust_proxy_header: bool, with_token: bool) -> Setup {
                      "tracker": {"github": {"tokenSecretRef": {"name": "gh", "key": "token"}, "webhookSecretRef": {"name": "gh", "key": "webhook"}}},
                      "executor": {"t3": {"url": "http://t3", "tokenSecretRef": {"name": "t3", "key": "token"}, "model": "m"}}},
             "status": {"queue": [{"repo": "Codertocat/Hello-World", "issue": 7, "title": "Waits", "reason": "Blocked by #3 (open)"}]}}));
-        s.seed(json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "metadata": {"name": "r1", "namespace": "afk"},
+        s.seed(json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "metadata": {"name": "r1", "namespace": "afk",
+                "labels": {"afk.dev/config": "team", "afk.dev/repo": "Codertocat.Hello-World"}},
             "spec": {"configRef": "team", "repo": "Codertocat/Hello-World", "issue": 1, "attempt": 1, "title": "t",
                      "taskSnapshot": {"title": "t", "body": "", "sha256": "a".repeat(64)}},
             "status": {"phase": "Working", "threadUrl": "https://t3/?thread=x",
                        "dispatch": {"threadCommandId": "SECRET-CMD-1", "turnCommandId": "SECRET-CMD-2", "messageId": "m", "mintedAt": "2026-11-21T10:00:00Z"}}}));
-        s.seed(json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "metadata": {"name": "r2", "namespace": "afk"},
+        s.seed(json!({"apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun", "metadata": {"name": "r2", "namespace": "afk",
+                "labels": {"afk.dev/config": "team", "afk.dev/repo": "Codertocat.Hello-World"}},
             "spec": {"configRef": "team", "repo": "Codertocat/Hello-World", "issue": 2, "attempt": 1, "title": "t",
                      "taskSnapshot": {"title": "t", "body": "", "sha256": "a".repeat(64)}},
             "status": {"phase": "Frozen", "reason": "FixForwardBudgetExhausted", "finishedAt": "2026-11-21T11:00:00Z"}}));
@@ -286,7 +289,9 @@ async fn webhook_signatures_and_triggers() {
         (status, resp["triggered"].clone()),
         (StatusCode::ACCEPTED, json!(["team"]))
     );
-    let triggered = s.trigger_rx.try_recv().unwrap();
+    let Trigger::Config(triggered) = s.trigger_rx.try_recv().unwrap() else {
+        panic!("an issue event polls the config")
+    };
     assert_eq!(
         (triggered.name.as_str(), triggered.namespace.as_deref()),
         ("team", Some("afk"))
@@ -328,6 +333,12 @@ async fn webhook_signatures_and_triggers() {
         .0,
         StatusCode::ACCEPTED
     );
+    // A CI event looks at the repository's open runs (r1 is Working; r2 is Frozen: terminal).
+    let Trigger::Run(run) = s.trigger_rx.try_recv().unwrap() else {
+        panic!("a check_run event triggers the run, not a poll")
+    };
+    assert_eq!((run.name.as_str(), run.namespace.as_deref()), ("r1", Some("afk")));
+    assert!(s.trigger_rx.try_recv().is_err(), "only the open run");
     let star = fixture("star.created");
     let (status, resp) = call(
         &s.state,

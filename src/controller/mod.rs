@@ -230,12 +230,45 @@ fn spec_or_annotations(config: &AfkConfig) -> Option<u64> {
     Some(h.finish())
 }
 
+/// A request from outside (the GitHub webhook) to reconcile one object now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Poll this AfkConfig (an issue or label changed).
+    Config(ObjectRef<AfkConfig>),
+    /// Look at this AfkRun (its CI or branch changed).
+    Run(ObjectRef<AfkRun>),
+}
+
+/// The triggers of one kind as a stream for `reconcile_on`. Missed triggers (a lagging receiver)
+/// are harmless: the periodic poll and requeue are the safety net.
+fn triggers<K: kube::Resource + 'static>(
+    rx: tokio::sync::broadcast::Receiver<Trigger>,
+    pick: fn(Trigger) -> Option<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send
+where
+    K::DynamicType: Default,
+{
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(trigger) => {
+                    if let Some(r) = pick(trigger) {
+                        return Some((r, rx));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
 /// Run both controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     ready: Arc<AtomicBool>,
-    trigger: tokio::sync::broadcast::Receiver<ObjectRef<AfkConfig>>,
+    trigger: tokio::sync::broadcast::Receiver<Trigger>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -264,15 +297,9 @@ pub async fn run(
         .predicate_filter(spec_or_annotations, Default::default());
     let config_controller = Controller::for_stream(config_changes, config_reader)
         .owns(runs.clone(), watcher::Config::default().any_semantic())
-        .reconcile_on(futures::stream::unfold(trigger, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(r) => return Some((r, rx)),
-                    // Missed triggers are harmless: the periodic poll is the safety net.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+        .reconcile_on(triggers(trigger.resubscribe(), |t| match t {
+            Trigger::Config(r) => Some(r),
+            Trigger::Run(_) => None,
         }))
         .with_config(kube::runtime::controller::Config::default().concurrency(CONFIG_CONCURRENCY))
         .graceful_shutdown_on(stop());
@@ -284,6 +311,10 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(RUN_CONCURRENCY));
     let run_store = run_controller.store();
     let run_controller = run_controller
+        .reconcile_on(triggers(trigger, |t| match t {
+            Trigger::Run(r) => Some(r),
+            Trigger::Config(_) => None,
+        }))
         .watches(configs, watcher::Config::default().any_semantic(), {
             let run_store = run_store.clone();
             move |config: AfkConfig| {

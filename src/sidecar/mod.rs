@@ -33,7 +33,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
@@ -45,7 +44,6 @@ use crate::{
     },
     agents::Agents,
     config::SidecarArgs,
-    crd::AfkConfig,
     metrics::{Metrics, RouteStatus},
 };
 
@@ -56,8 +54,8 @@ pub struct Cluster {
     pub client: kube::Client,
     /// The namespace the operator watches (all when `None`).
     pub namespace: Option<String>,
-    /// The AfkConfig controller's trigger channel.
-    pub trigger: tokio::sync::broadcast::Sender<ObjectRef<AfkConfig>>,
+    /// The controllers' trigger channel.
+    pub trigger: tokio::sync::broadcast::Sender<crate::controller::Trigger>,
 }
 
 impl std::fmt::Debug for Cluster {

@@ -1,8 +1,9 @@
 //! `POST /webhooks/github` (SPEC §4.3): verify `X-Hub-Signature-256` (HMAC-SHA256, constant time)
 //! against the webhook secret of each AfkConfig that enrols the event's repository (from its
-//! `tracker.github.webhookSecretRef`), then poll those configs at once through the controller's
-//! trigger channel. Unsigned, badly signed or altered requests are 401; `ping` is answered;
-//! unrelated events are accepted and ignored. Polling stays the safety net.
+//! `tracker.github.webhookSecretRef`), then reconcile at once through the controllers' trigger
+//! channel: issue and label events poll those configs; CI and push events look at their open
+//! AfkRuns for the repository. Unsigned, badly signed or altered requests are 401; `ping` is
+//! answered; unrelated events are accepted and ignored. Polling stays the safety net.
 
 use axum::{
     Json,
@@ -18,7 +19,11 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::{SidecarState, error};
-use crate::crd::AfkConfig;
+use crate::{
+    controller::Trigger,
+    crd::{AfkConfig, AfkRun, CONFIG_LABEL, REPO_LABEL},
+    policy::naming,
+};
 
 /// Events that can change what the loop should do.
 pub const TRIGGERING_EVENTS: [&str; 8] = [
@@ -31,6 +36,9 @@ pub const TRIGGERING_EVENTS: [&str; 8] = [
     "push",
     "issue_dependencies",
 ];
+
+/// Events about CI or the branch: they concern the repository's open runs.
+pub const RUN_EVENTS: [&str; 5] = ["check_run", "check_suite", "status", "workflow_run", "push"];
 
 /// Largest accepted delivery (GitHub caps payloads at 25 MB; ours need far less).
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
@@ -139,14 +147,39 @@ pub async fn github(State(state): State<SidecarState>, headers: HeaderMap, body:
         return (StatusCode::ACCEPTED, Json(json!({"ignored": event}))).into_response();
     }
     let mut triggered = vec![];
+    let mut runs_triggered = vec![];
     for c in verified {
-        let r = ObjectRef::<AfkConfig>::new(&c.name_any()).within(&c.namespace().unwrap_or_default());
+        let namespace = c.namespace().unwrap_or_default();
         // No receiver (a standby replica) is fine: the leader's poll is the safety net.
-        let _ = cluster.trigger.send(r);
-        triggered.push(c.name_any());
+        if !RUN_EVENTS.contains(&event.as_str()) {
+            let r = ObjectRef::<AfkConfig>::new(&c.name_any()).within(&namespace);
+            let _ = cluster.trigger.send(Trigger::Config(r));
+            triggered.push(c.name_any());
+            continue;
+        }
+        let Some(repo) = &repo else { continue };
+        let runs: Api<AfkRun> = Api::namespaced(cluster.client.clone(), &namespace);
+        let selector = format!(
+            "{CONFIG_LABEL}={},{REPO_LABEL}={}",
+            c.name_any(),
+            naming::repo_label_value(repo)
+        );
+        let Ok(list) = runs.list(&ListParams::default().labels(&selector)).await else {
+            tracing::warn!(config = %c.name_any(), "cannot list AfkRuns for a webhook; the requeue will catch up");
+            continue;
+        };
+        for run in list.items.iter().filter(|r| !r.is_terminal()) {
+            let r = ObjectRef::<AfkRun>::new(&run.name_any()).within(&namespace);
+            let _ = cluster.trigger.send(Trigger::Run(r));
+            runs_triggered.push(run.name_any());
+        }
     }
-    tracing::info!(event = %event, repo = repo.as_deref().unwrap_or("-"), ?triggered, "webhook triggered a poll");
-    (StatusCode::ACCEPTED, Json(json!({"triggered": triggered}))).into_response()
+    tracing::info!(event = %event, repo = repo.as_deref().unwrap_or("-"), ?triggered, runs = ?runs_triggered, "webhook triggered reconciles");
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"triggered": triggered, "runs": runs_triggered})),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ pub struct World {
     pub notify: FakeNotify,
     controllers: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
-    pub trigger: tokio::sync::broadcast::Sender<kube::runtime::reflector::ObjectRef<AfkConfig>>,
+    pub trigger: tokio::sync::broadcast::Sender<afk_operator::controller::Trigger>,
+    /// Controller settings used by the next `start`.
+    pub settings: Settings,
 }
 
 pub fn agents() -> Arc<Agents> {
@@ -131,6 +133,7 @@ impl World {
         });
         let (trigger, _) = tokio::sync::broadcast::channel(16);
         Self {
+            settings: fast_settings(),
             api,
             t3,
             gh,
@@ -171,7 +174,7 @@ impl World {
             self.api.client(),
             agents(),
             Metrics::new(),
-            fast_settings(),
+            self.settings.clone(),
         ));
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
