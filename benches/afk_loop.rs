@@ -136,7 +136,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before_total, before_counted) = (gh.with(|s| s.requests.len()), gh.counted_requests());
     trigger
-        .send(kube::runtime::reflector::ObjectRef::new("team").within(NS))
+        .send(controller::Trigger::Config(
+            kube::runtime::reflector::ObjectRef::new("team").within(NS),
+        ))
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_total = gh.with(|s| s.requests.len()) - before_total;
