@@ -63,14 +63,7 @@ async fn read_turn(reader: &mut SseReader) -> Vec<SseEvent> {
 
 async fn wait_turn_end(sc: &Sidecar, id: &str) {
     for _ in 0..500 {
-        let list: Value = sc
-            .get("/api/breakglass/sessions")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = sc.get_json("/api/breakglass/sessions").await;
         let s = list["sessions"]
             .as_array()
             .unwrap()
@@ -367,13 +360,8 @@ async fn cancel_kills_the_process_group_and_ends_the_turn() {
     assert_eq!(prompt(&sc, &id, "hang").await, 202);
     let pgid = sc.wait_runs(1).await[0]["pgid"].as_i64().unwrap();
     let resp: Value = sc
-        .post(&format!("/api/breakglass/sessions/{id}/cancel"), json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json(&format!("/api/breakglass/sessions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(resp["cancelled"], true);
     wait_group_gone(pgid, Duration::from_secs(2))
         .await
@@ -382,13 +370,8 @@ async fn cancel_kills_the_process_group_and_ends_the_turn() {
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds, ["caught-up", "user", "session", "cancelled", "turn_end"]);
     let again: Value = sc
-        .post(&format!("/api/breakglass/sessions/{id}/cancel"), json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json(&format!("/api/breakglass/sessions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(again["cancelled"], false, "nothing left to cancel");
 }
 
@@ -470,14 +453,7 @@ async fn the_session_cap_evicts_the_longest_idle_session_and_refuses_when_all_ar
     let a = create(&sc).await;
     let b = create(&sc).await;
     let c = create(&sc).await;
-    let list: Value = sc
-        .get("/api/breakglass/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = sc.get_json("/api/breakglass/sessions").await;
     let ids: Vec<&str> = list["sessions"]
         .as_array()
         .unwrap()

@@ -98,14 +98,7 @@ async fn hostile_verbs_are_400_and_spawn_nothing() {
 async fn verbs_are_listed_and_the_allowed_verb_is_one_argv_element() {
     let shim = shim_dir();
     let sc = sidecar(shim.path(), &[]).await;
-    let listed: Value = sc
-        .get("/api/breakglass/pve/verbs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = sc.get_json("/api/breakglass/pve/verbs").await;
     assert_eq!(
         listed["verbs"],
         json!(["status", "forensics", "reset", "stop", "start", "cycle"])
@@ -167,14 +160,7 @@ async fn mutating_verbs_need_confirmation() {
 async fn output_is_capped_unreachable_is_502_and_a_hang_is_killed() {
     let shim = shim_dir();
     let sc = sidecar(shim.path(), &["--pve-timeout-secs", "1"]).await;
-    let body: Value = sc
-        .post("/api/breakglass/pve/forensics", json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = sc.post_json("/api/breakglass/pve/forensics", json!({})).await;
     assert_eq!(body["stdout"].as_str().unwrap().len(), 64 * 1024);
     assert_eq!(body["truncated"], true);
 
@@ -207,14 +193,7 @@ async fn unconfigured_verbs_answer_503() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
-    let listed: Value = sc
-        .get("/api/breakglass/pve/verbs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = sc.get_json("/api/breakglass/pve/verbs").await;
     assert_eq!(listed["configured"], false);
 }
 

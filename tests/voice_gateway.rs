@@ -223,7 +223,7 @@ async fn models_lists_aliases_and_configured_ids() {
         &["--models", "claude-sonnet-4-5,claude-opus-4-1"],
     )
     .await;
-    let body: Value = sc.get("/v1/models").send().await.unwrap().json().await.unwrap();
+    let body: Value = sc.get_json("/v1/models").await;
     let ids: Vec<&str> = body["data"]
         .as_array()
         .unwrap()
@@ -291,13 +291,8 @@ async fn a_grandchild_holding_stdout_does_not_hold_the_response() {
     let sc = Sidecar::start(&fake_claude(), &[("CLAUDE_CODE_FAKE_MODE", "grandchild")], &[]).await;
     let started = std::time::Instant::now();
     let body: Value = sc
-        .post("/v1/chat/completions", chat("hi", false, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json("/v1/chat/completions", chat("hi", false, false))
+        .await;
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "You said: Be brief.\n\nUser: hi"
@@ -424,28 +419,18 @@ async fn conversational_opens_then_resumes_and_recovers_lost_sessions() {
     let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
     let id = "3b241101-e2bb-4255-8caf-4136c566a962";
     let one: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "first"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(one, json!({"session_id": id, "reply": "You said: first"}));
     let two: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "second", "model": "haiku"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         two["reply"], "You said: second (turn 2)",
         "the CLI saw the earlier turn"
@@ -470,16 +455,11 @@ async fn conversational_opens_then_resumes_and_recovers_lost_sessions() {
     // The CLI lost its store: the resume fails and is retried once as a new session.
     std::fs::remove_dir_all(sc.dir.path().join("state/home/.fake-claude")).unwrap();
     let three: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "third"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(three["reply"], "You said: third");
     let runs = sc.runs();
     assert_eq!(flag(&runs[2], "--resume"), Some(json!(id)));
@@ -501,16 +481,11 @@ async fn conversational_after_a_restart_resumes_the_stored_session() {
     let voice = sc.state.voice.clone().unwrap();
     voice.forget_sessions();
     let two: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "again"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(two["reply"], "You said: again (turn 2)");
 }
 

@@ -134,16 +134,11 @@ async fn non_streaming_completion_from_the_real_cli() {
         return;
     };
     let body: Value = sc
-        .post(
+        .post_json(
             "/v1/chat/completions",
             json!({"model": "haiku", "messages": [{"role": "user", "content": "2+2?"}]}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(body["choices"][0]["message"]["content"], "Four.");
     assert_eq!(body["usage"]["completion_tokens"], 2);
 }
@@ -160,28 +155,18 @@ async fn conversational_resume_sends_the_earlier_turns() {
     };
     let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
     let one: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "My name is Ada."}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(one["reply"], "Nice to meet you, Ada.");
     let two: Value = sc
-        .post(
+        .post_json(
             "/v1/conversational",
             json!({"session_id": id, "message": "What is my name?"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(two, json!({"session_id": id, "reply": "Your name is Ada."}));
     let requests = fake.message_requests();
     let second = serde_json::to_string(&requests.last().unwrap()["messages"]).unwrap();

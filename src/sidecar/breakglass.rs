@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     SidecarState,
     auth::Caller,
-    turns::{Driver, KEEPALIVE, Step, TurnFailure, keepalive_frame, sse_response},
+    turns::{Driver, Step, TurnFailure, keepalive_frame, keepalive_timer, sse_response},
 };
 use crate::{
     adapters::claude::{AgentCli, AgentSpec, SessionMode, TurnRequest},
@@ -448,7 +448,7 @@ impl Breakglass {
             let mut latest = session.latest.subscribe();
             let mut cursor = cursor.unwrap_or(0);
             let mut caught_up = false;
-            let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+            let mut keepalive = keepalive_timer();
             loop {
                 // One event at a time (lock, clone, unlock, send): a stalled subscriber holds at
                 // most its queue plus one frame, whatever the log size.

@@ -410,6 +410,31 @@ pub fn sse_response(frames: mpsc::Receiver<Bytes>) -> Response {
     response
 }
 
+/// A keepalive timer whose first tick is one period from now.
+pub fn keepalive_timer() -> tokio::time::Interval {
+    tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE)
+}
+
+/// The next step of a streamed turn, sending keepalive comments while it is quiet. `None` when
+/// the client went away (the caller then drops the driver, which kills the process group).
+pub async fn next_streamed(
+    driver: &mut Driver,
+    tx: &mpsc::Sender<Bytes>,
+    keepalive: &mut tokio::time::Interval,
+) -> Option<Step> {
+    loop {
+        tokio::select! {
+            () = tx.closed() => return None,
+            _ = keepalive.tick() => {
+                if tx.send(keepalive_frame()).await.is_err() {
+                    return None;
+                }
+            }
+            step = driver.next() => return Some(step),
+        }
+    }
+}
+
 /// The keepalive comment frame.
 pub fn keepalive_frame() -> Bytes {
     Bytes::from_static(b": keepalive\n\n")

@@ -27,7 +27,7 @@ use super::{
     SidecarState,
     openai::{self, ChatRequest, CompletionId},
     turns::{
-        Driver, Finished, KEEPALIVE, Limiter, Refusal, Step, TurnFailure, Workdir, keepalive_frame,
+        Driver, Finished, Limiter, Refusal, Step, TurnFailure, Workdir, keepalive_timer, next_streamed,
         sse_response,
     },
 };
@@ -399,16 +399,10 @@ pub async fn chat_completions(
                 {
                     return;
                 }
-                let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+                let mut keepalive = keepalive_timer();
                 loop {
-                    let step = tokio::select! {
-                        // The client went away: dropping the driver kills the process group.
-                        () = tx.closed() => return,
-                        _ = keepalive.tick() => {
-                            if tx.send(keepalive_frame()).await.is_err() { return; }
-                            continue;
-                        }
-                        step = driver.next() => step,
+                    let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
+                        return;
                     };
                     match step {
                         Step::Started { .. } | Step::Tool { .. } => continue,
@@ -603,15 +597,10 @@ pub async fn conversational(
         if tx.send(frame("delta", json!({"text": first}))).await.is_err() {
             return;
         }
-        let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+        let mut keepalive = keepalive_timer();
         loop {
-            let step = tokio::select! {
-                () = tx.closed() => return,
-                _ = keepalive.tick() => {
-                    if tx.send(keepalive_frame()).await.is_err() { return; }
-                    continue;
-                }
-                step = driver.next() => step,
+            let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
+                return;
             };
             match step {
                 Step::Started { .. } | Step::Tool { .. } => {}

@@ -107,6 +107,16 @@ impl Sidecar {
             .bearer_auth(TOKEN)
     }
 
+    /// POST JSON, answer parsed as JSON (whatever the status).
+    pub async fn post_json(&self, path: &str, body: Value) -> Value {
+        self.post(path, body).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// GET, answer parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     /// What the fake CLI recorded, one object per run.
     pub fn runs(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.record)
