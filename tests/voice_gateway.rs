@@ -630,3 +630,38 @@ async fn requests_and_time_to_first_token_are_measured() {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_slow_first_token_holds_the_status_until_text_arrives() {
+    let sc = Sidecar::start(
+        &fake_claude(),
+        &[
+            ("CLAUDE_CODE_FAKE_MODE", "slow"),
+            ("CLAUDE_CODE_FAKE_DELAY_MS", "700"),
+        ],
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = sc
+        .post("/v1/chat/completions", chat("patience", true, false))
+        .send()
+        .await
+        .unwrap();
+    let headers_after = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        headers_after >= Duration::from_millis(650),
+        "no early empty 200: {headers_after:?}"
+    );
+    let body = resp.text().await.unwrap();
+    let chunks = chunks(&body);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(text_of(&chunks), "You said: Be brief.\n\nUser: patience");
+    let metrics = sc.state.metrics.render();
+    let le = metrics
+        .lines()
+        .find(|l| l.starts_with("afk_chat_time_to_first_token_seconds_bucket{le=\"0.5\"}"))
+        .unwrap();
+    assert!(le.ends_with(" 0"), "the first token took longer than 0.5 s: {le}");
+}

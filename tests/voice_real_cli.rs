@@ -231,3 +231,65 @@ async fn a_budget_overrun_becomes_a_402() {
     assert_eq!(err["error"]["code"], "budget_exceeded");
     assert_eq!(err["error"]["type"], "insufficient_quota");
 }
+
+#[tokio::test]
+async fn a_breakglass_turn_with_the_real_cli_translates_its_events() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["unused"])).await;
+    fake.script([Reply::text(&["Node-2 is ", "NotReady: kubelet stopped."])]);
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let created = sc.post_json("/api/breakglass/sessions", json!({})).await;
+    let id = created["session_id"].as_str().unwrap().to_string();
+    let status = sc
+        .post(
+            &format!("/api/breakglass/sessions/{id}/prompt"),
+            json!({"prompt": "why is node-2 down?", "model": "sonnet"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let resp = sc
+        .get(&format!("/api/breakglass/sessions/{id}/stream"))
+        .send()
+        .await
+        .unwrap();
+    let mut reader = sidecar_support::SseReader::new(resp);
+    let mut kinds = Vec::new();
+    let mut texts = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), reader.next())
+        .await
+        .unwrap()
+    {
+        if event.event == "text" {
+            texts.push(event.data["text"].as_str().unwrap().to_string());
+        }
+        if event.event == "session" {
+            assert_eq!(
+                event.data["session_id"],
+                id.as_str(),
+                "the CLI runs the session we own"
+            );
+        }
+        let end = event.event == "turn_end";
+        if event.event != "caught-up" {
+            kinds.push(event.event);
+        }
+        if end {
+            break;
+        }
+    }
+    assert_eq!(kinds, ["user", "session", "text", "result", "turn_end"]);
+    assert_eq!(
+        texts,
+        ["Node-2 is NotReady: kubelet stopped."],
+        "one whole assistant text block"
+    );
+    let system = fake.message_requests()[0]["system"].to_string();
+    assert!(
+        system.contains("recovery assistant"),
+        "the breakglass agent's prompt is used"
+    );
+}
