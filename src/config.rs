@@ -103,6 +103,9 @@ pub struct SidecarArgs {
     /// Seconds a client has to send its request headers before the connection is closed.
     #[arg(long, env = "AFK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_read_timeout_secs: u64,
+    /// Seconds between keepalive comments on quiet SSE streams (shorter than any proxy idle timeout).
+    #[arg(long, env = "AFK_SSE_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub sse_keepalive_secs: u64,
     /// The `claude` CLI and the voice gateway.
     #[command(flatten)]
     pub voice: VoiceArgs,

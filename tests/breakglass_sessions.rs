@@ -506,3 +506,31 @@ async fn shutdown_ends_attached_streams() {
     let pgid = sc.runs()[0]["pgid"].as_i64().unwrap();
     wait_group_gone(pgid, Duration::from_secs(2)).await.unwrap();
 }
+
+#[tokio::test]
+async fn quiet_streams_get_keepalive_comments() {
+    let sc = Sidecar::start(&fake_claude(), &[], &["--sse-keepalive-secs", "1"]).await;
+    let id = create(&sc).await;
+    let resp = sc
+        .get(&format!("/api/breakglass/sessions/{id}/stream"))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    let started = std::time::Instant::now();
+    use futures::StreamExt;
+    while !text.contains(": keepalive\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("id: 0\nevent: caught-up"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the period"
+    );
+}

@@ -210,6 +210,7 @@ pub struct Breakglass {
     cwd: PathBuf,
     metrics: Metrics,
     shutdown: CancellationToken,
+    keepalive: Duration,
 }
 
 /// Why a session could not be made.
@@ -229,6 +230,7 @@ impl Breakglass {
         cli: Arc<dyn AgentCli>,
         metrics: Metrics,
         shutdown: CancellationToken,
+        keepalive: Duration,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
             cli,
@@ -248,6 +250,7 @@ impl Breakglass {
             cwd: state_dir.join("breakglass"),
             metrics,
             shutdown,
+            keepalive,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&this), this.shutdown.clone()));
@@ -441,6 +444,7 @@ impl Breakglass {
     pub fn attach(&self, session: Arc<Session>, cursor: Option<u64>) -> Response {
         let (tx, rx) = mpsc::channel::<Bytes>(SUBSCRIBER_QUEUE);
         let shutdown = self.shutdown.clone();
+        let keepalive_period = self.keepalive;
         session.subscribers.fetch_add(1, Ordering::SeqCst);
         session.touch();
         tokio::spawn(async move {
@@ -448,7 +452,7 @@ impl Breakglass {
             let mut latest = session.latest.subscribe();
             let mut cursor = cursor.unwrap_or(0);
             let mut caught_up = false;
-            let mut keepalive = keepalive_timer();
+            let mut keepalive = keepalive_timer(keepalive_period);
             loop {
                 // One event at a time (lock, clone, unlock, send): a stalled subscriber holds at
                 // most its queue plus one frame, whatever the log size.

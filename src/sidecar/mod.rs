@@ -124,6 +124,7 @@ impl SidecarState {
                 cli.clone(),
                 metrics.clone(),
                 shutdown.clone(),
+                Duration::from_secs(args.sse_keepalive_secs),
             ))
         });
         let breakglass = agents.get("breakglass").map(|agent| {
@@ -134,6 +135,7 @@ impl SidecarState {
                 cli.clone(),
                 metrics.clone(),
                 shutdown.clone(),
+                Duration::from_secs(args.sse_keepalive_secs),
             )
         });
         Self {

@@ -26,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::claude::{CliError, CliEvent, Failure, Turn, TurnItem, TurnResult, Usage};
 
-/// SSE keepalive comment interval (SPEC §4).
-pub const KEEPALIVE: Duration = Duration::from_secs(15);
-
 /// How long a finished turn's process may take to exit on its own (session files) before the
 /// group is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -410,9 +407,9 @@ pub fn sse_response(frames: mpsc::Receiver<Bytes>) -> Response {
     response
 }
 
-/// A keepalive timer whose first tick is one period from now.
-pub fn keepalive_timer() -> tokio::time::Interval {
-    tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE)
+/// A keepalive timer whose first tick is one `period` from now (SPEC §4: 15 s by default).
+pub fn keepalive_timer(period: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(Instant::now() + period, period)
 }
 
 /// The next step of a streamed turn, sending keepalive comments while it is quiet. `None` when

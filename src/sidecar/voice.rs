@@ -56,6 +56,7 @@ pub struct Gateway {
     sessions: std::sync::Mutex<Sessions>,
     metrics: Metrics,
     shutdown: CancellationToken,
+    keepalive: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +74,7 @@ impl Gateway {
         cli: Arc<dyn AgentCli>,
         metrics: Metrics,
         shutdown: CancellationToken,
+        keepalive: Duration,
     ) -> Self {
         Self {
             cli,
@@ -97,6 +99,7 @@ impl Gateway {
             sessions: std::sync::Mutex::new(Sessions::default()),
             metrics,
             shutdown,
+            keepalive,
         }
     }
 
@@ -399,7 +402,7 @@ pub async fn chat_completions(
                 {
                     return;
                 }
-                let mut keepalive = keepalive_timer();
+                let mut keepalive = keepalive_timer(gw.keepalive);
                 loop {
                     let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
                         return;
@@ -597,7 +600,7 @@ pub async fn conversational(
         if tx.send(frame("delta", json!({"text": first}))).await.is_err() {
             return;
         }
-        let mut keepalive = keepalive_timer();
+        let mut keepalive = keepalive_timer(gw.keepalive);
         loop {
             let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
                 return;
