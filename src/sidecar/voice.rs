@@ -280,6 +280,16 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Result<Bytes, BytesRejectio
     })
 }
 
+/// The gateway (503 when absent) and the parsed body (400/413 in OpenAI's shape): what every
+/// `/v1` POST needs first.
+fn gateway_and_body<T: serde::de::DeserializeOwned>(
+    state: &SidecarState,
+    body: &Result<Bytes, BytesRejection>,
+) -> Result<(Arc<Gateway>, T), Response> {
+    let gw = gateway(state)?.clone();
+    Ok((gw, parse_body(body)?))
+}
+
 /// Guard counting an open stream.
 struct ActiveStream(Metrics);
 
@@ -302,12 +312,8 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let received = Instant::now();
-    let gw = match gateway(&state) {
-        Ok(gw) => gw.clone(),
-        Err(resp) => return resp,
-    };
-    let request: ChatRequest = match parse_body(&body) {
-        Ok(request) => request,
+    let (gw, request) = match gateway_and_body::<ChatRequest>(&state, &body) {
+        Ok(parts) => parts,
         Err(resp) => return resp,
     };
     let plan = match openai::plan(&request, &gw.models) {
@@ -483,12 +489,8 @@ pub async fn conversational(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let received = Instant::now();
-    let gw = match gateway(&state) {
-        Ok(gw) => gw.clone(),
-        Err(resp) => return resp,
-    };
-    let request: ConversationalRequest = match parse_body(&body) {
-        Ok(request) => request,
+    let (gw, request) = match gateway_and_body::<ConversationalRequest>(&state, &body) {
+        Ok(parts) => parts,
         Err(resp) => return resp,
     };
     let Ok(session_id) = uuid::Uuid::parse_str(&request.session_id) else {
