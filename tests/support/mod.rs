@@ -213,7 +213,9 @@ impl World {
     }
 
     pub async fn wait_for<F: FnMut(&World) -> bool>(&self, what: &str, mut f: F) {
-        for _ in 0..600 {
+        // 60 s: only a failing test waits this long, and the whole suite (real CLI, Chromium)
+        // shares two cores with these controllers.
+        for _ in 0..2400 {
             if f(self) {
                 return;
             }
