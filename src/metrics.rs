@@ -47,6 +47,13 @@ pub struct ErrorLabels {
     pub category: String,
 }
 
+/// A label set naming one AfkConfig (`namespace/name`; configs are few and operator-owned).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabel {
+    /// `namespace/name` of the AfkConfig.
+    pub config: String,
+}
+
 /// A label set for sidecar requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
@@ -74,6 +81,14 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// GitHub requests left in the rate-limit window.
     pub github_rate_limit_remaining: Gauge,
+    /// The size of the GitHub rate-limit window (`x-ratelimit-limit`).
+    pub github_rate_limit_limit: Gauge,
+    /// 1 while an AfkConfig is `Ready=True`, else 0.
+    pub config_ready: Family<ConfigLabel, Gauge>,
+    /// When the T3 token of each AfkConfig expires (unix seconds; from `/api/auth/session`).
+    pub executor_token_expiry: Family<ConfigLabel, Gauge>,
+    /// Time from an AfkRun's creation to T3 accepting its opening turn.
+    pub dispatch_latency: Histogram,
     /// Sidecar requests by route and status.
     pub requests: Family<RouteStatus, Counter>,
     /// Time from a chat request to its first content.
@@ -138,6 +153,31 @@ impl Metrics {
             "GitHub requests left in the window",
             github_rate_limit_remaining.clone(),
         );
+        let github_rate_limit_limit = Gauge::default();
+        registry.register(
+            "github_rate_limit_limit",
+            "GitHub requests allowed in the window",
+            github_rate_limit_limit.clone(),
+        );
+        let config_ready = Family::<ConfigLabel, Gauge>::default();
+        registry.register(
+            "config_ready",
+            "1 while an AfkConfig is Ready, else 0",
+            config_ready.clone(),
+        );
+        let executor_token_expiry = Family::<ConfigLabel, Gauge>::default();
+        registry.register(
+            "executor_token_expiry_timestamp_seconds",
+            "When the T3 token of an AfkConfig expires (unix seconds)",
+            executor_token_expiry.clone(),
+        );
+        let dispatch_latency =
+            Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+        registry.register(
+            "dispatch_latency_seconds",
+            "Time from an AfkRun's creation to T3 accepting its opening turn",
+            dispatch_latency.clone(),
+        );
         let requests = Family::<RouteStatus, Counter>::default();
         let time_to_first_token = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -184,6 +224,10 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             github_rate_limit_remaining,
+            github_rate_limit_limit,
+            config_ready,
+            executor_token_expiry,
+            dispatch_latency,
         }
     }
 
