@@ -148,6 +148,7 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
     let settings = controller::Settings {
         run_requeue: Duration::from_secs(args.run_requeue_secs),
         github_min_mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
+        config_trigger_window: Duration::from_millis(args.config_trigger_window_ms),
         ..controller::Settings::default()
     };
     let ctx = Arc::new(controller::Context::new(

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Minimum milliseconds between two GitHub mutations (GitHub asks integrations for ≥ 1 s).
     #[arg(long, env = "AFK_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
     pub github_mutation_interval_ms: u64,
+    /// At most one poll of an AfkConfig per this many milliseconds when its runs end or are
+    /// deleted (the periodic poll and webhooks are not affected).
+    #[arg(long, env = "AFK_CONFIG_TRIGGER_WINDOW_MS", default_value_t = 5000)]
+    pub config_trigger_window_ms: u64,
     /// Elect a leader on a Lease so only one replica reconciles (needed for `replicas > 1`).
     #[arg(long, env = "AFK_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,

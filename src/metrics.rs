@@ -171,8 +171,9 @@ impl Metrics {
             "When the T3 token of an AfkConfig expires (unix seconds)",
             executor_token_expiry.clone(),
         );
-        let dispatch_latency =
-            Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+        let dispatch_latency = Histogram::new([
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]);
         registry.register(
             "dispatch_latency_seconds",
             "Time from an AfkRun's creation to T3 accepting its opening turn",

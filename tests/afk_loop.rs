@@ -111,6 +111,10 @@ async fn red_ci_is_fixed_forward_then_green() {
     w.start();
     w.wait_phase(RUN, Phase::Working).await;
     w.push(RUN, 1, "failure");
+    // The red commit is judged once the agent's turn ends, never sent into it as a steer.
+    w.wait_reconciles(3).await;
+    assert_eq!(w.t3.applied_of("thread.turn.start").len(), 1);
+    w.end_turn(RUN);
     w.wait_for("corrective turn 1", |w| {
         w.t3.applied_of("thread.turn.start").len() == 2
     })
@@ -122,6 +126,7 @@ async fn red_ci_is_fixed_forward_then_green() {
         .to_string();
     assert!(fix.starts_with("Fix-forward attempt 1 of 5"), "{fix}");
     w.push(RUN, 2, "failure");
+    w.end_turn(RUN);
     w.wait_for("corrective turn 2", |w| {
         w.t3.applied_of("thread.turn.start").len() == 3
     })
@@ -148,11 +153,16 @@ async fn red_past_the_budget_freezes_and_rings_once() {
     w.start();
     w.wait_phase(RUN, Phase::Working).await;
     w.push(RUN, 1, "failure");
+    w.end_turn(RUN);
     w.wait_for("corrective turn", |w| {
         w.t3.applied_of("thread.turn.start").len() == 2
     })
     .await;
     w.push(RUN, 2, "failure");
+    // The last attempt's push is judged only once its turn ends: no freeze while it runs.
+    w.wait_reconciles(3).await;
+    assert_eq!(w.phase(RUN).as_deref(), Some("FixingForward"));
+    w.end_turn(RUN);
     w.wait_phase(RUN, Phase::Frozen).await;
     w.wait_for("notification", |w| !w.ntfy_titles().is_empty()).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -191,6 +201,38 @@ async fn red_past_the_budget_freezes_and_rings_once() {
             .unwrap()["status"],
         "True"
     );
+}
+
+/// The last fix-forward attempt is sent and then judged: its green fix succeeds (before the
+/// reorder of SPEC §3.1 the run froze a second after sending it and the fix was never judged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_fix_forward_attempt_is_judged_not_thrown_away() {
+    let mut w = World::new().await;
+    w.label_issue(42, "Do it", "alice");
+    w.apply_config(json!({"budgets": {"fixForwardMaxAttempts": 1}}))
+        .await;
+    w.start();
+    w.wait_phase(RUN, Phase::Working).await;
+    w.push(RUN, 1, "failure");
+    w.end_turn(RUN);
+    w.wait_for("the last corrective turn", |w| {
+        w.t3.applied_of("thread.turn.start").len() == 2
+    })
+    .await;
+    w.wait_reconciles(3).await;
+    assert_eq!(w.phase(RUN).as_deref(), Some("FixingForward"));
+    assert!(w.t3.applied_of("thread.turn.interrupt").is_empty());
+    let sha = w.push(RUN, 2, "success");
+    w.roll_out(&sha);
+    w.wait_phase(RUN, Phase::Succeeded).await;
+    assert_eq!(
+        w.t3.applied_of("thread.turn.interrupt").len(),
+        1,
+        "the still-running turn is interrupted once the work is green"
+    );
+    w.wait_for("the done bell", |w| w.ntfy_titles() == vec!["acme/app#42 done"])
+        .await;
+    assert!(!w.issue_labels(42).contains(&"ready-for-human".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,8 +345,11 @@ async fn the_emergency_stop_interrupts_and_cancels() {
     .await;
 }
 
+/// SPEC §1.2: deleting a live run is a human cancel. The turn is interrupted and the Cancelled
+/// effects are done before the finalizer is released, so the issue is not dispatched again
+/// until a trusted human re-applies the ready label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_working_run_interrupts_and_frees_the_issue() {
+async fn deleting_a_working_run_cancels_it_and_hands_the_issue_back() {
     let mut w = World::new().await;
     w.label_issue(42, "Do it", "alice");
     w.apply_config(json!({})).await;
@@ -315,15 +360,34 @@ async fn deleting_a_working_run_interrupts_and_frees_the_issue() {
     })
     .await;
     let api: kube::Api<afk_operator::crd::AfkRun> = kube::Api::namespaced(w.api.client(), NS);
+    let deleted_uid = w.run_obj(RUN).unwrap()["metadata"]["uid"].clone();
     api.delete(RUN, &Default::default()).await.unwrap();
-    w.wait_for("the run to be gone", |w| {
-        w.run_obj(RUN).is_none() || w.run_obj(RUN).unwrap()["metadata"]["name"] != RUN
-    })
-    .await;
+    w.wait_for("the run to be gone", |w| w.run_obj(RUN).is_none())
+        .await;
     assert_eq!(w.t3.applied_of("thread.turn.interrupt").len(), 1);
-    assert!(!w.issue_labels(42).contains(&"agent-in-progress".to_string()));
-    let comment = w.gh.repo(REPO, |r| r.issues[&42].comments[0].1.clone());
-    assert!(comment.contains("**Cancelled** — Deleted"), "{comment}");
+    assert_eq!(w.issue_labels(42), vec!["ready-for-human".to_string()]);
+    let comments = w.gh.repo(REPO, |r| r.issues[&42].comments.clone());
+    assert_eq!(comments.len(), 1, "one checklist comment");
+    assert!(
+        comments[0].1.contains("**Cancelled** — Deleted"),
+        "{}",
+        comments[0].1
+    );
+    assert!(w.ntfy_titles().is_empty(), "a human's cancel rings no bell");
+
+    // Two full polls later, nothing was dispatched again.
+    w.poll_now().await;
+    w.poll_now().await;
+    assert!(w.run_obj(RUN).is_none(), "no new AfkRun without the ready label");
+    assert_eq!(w.t3.applied_of("thread.create").len(), 1, "one thread");
+
+    // A trusted human asks again: a new run (a new object, a new thread).
+    w.relabel(42, "alice");
+    w.poll_now().await;
+    w.wait_phase(RUN, Phase::Working).await;
+    assert_ne!(w.run_obj(RUN).unwrap()["metadata"]["uid"], deleted_uid);
+    w.wait_for("a second thread", |w| w.t3.applied_of("thread.create").len() == 2)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,8 @@ pub struct CommitStatus {
 /// The rate limit as of the last response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
+    /// Requests allowed in the window (`x-ratelimit-limit`; 0 when GitHub did not say).
+    pub limit: u64,
     /// Requests left.
     pub remaining: u64,
     /// When the window resets.
@@ -128,6 +130,8 @@ pub trait Tracker: Send + Sync {
     async fn blocked_by(&self, repo: &str, number: u64) -> Result<Vec<Dependency>, AdapterError>;
     /// `open` or `closed` (works across repos).
     async fn issue_state(&self, repo: &str, number: u64) -> Result<String, AdapterError>;
+    /// The issue's label names (the same conditional GET as `issue_state`).
+    async fn issue_labels(&self, repo: &str, number: u64) -> Result<Vec<String>, AdapterError>;
     /// Add labels.
     async fn add_labels(&self, repo: &str, number: u64, labels: &[String]) -> Result<(), AdapterError>;
     /// Remove a label; an absent label is success.
@@ -200,6 +204,9 @@ pub struct GitHubClient {
     options: GitHubOptions,
     cache: Mutex<HashMap<String, CachedPage>>,
     rate: Mutex<Option<RateLimit>>,
+    /// Until when GitHub asked this client to send nothing (`retry-after` on a secondary or
+    /// primary limit): every request waits for it, not only the one that was told.
+    blocked_until: Mutex<Option<Timestamp>>,
     last_mutation: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     sent: AtomicU64,
     not_modified: AtomicU64,
@@ -260,6 +267,7 @@ impl GitHubClient {
             options,
             cache: Mutex::new(HashMap::new()),
             rate: Mutex::new(None),
+            blocked_until: Mutex::new(None),
             last_mutation: tokio::sync::Mutex::new(None),
             sent: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
@@ -285,14 +293,27 @@ impl GitHubClient {
             && let Ok(reset) = Timestamp::from_second(reset)
         {
             *self.rate.lock().expect("rate lock") = Some(RateLimit {
+                limit: num("x-ratelimit-limit").unwrap_or(0).max(0) as u64,
                 remaining: remaining.max(0) as u64,
                 reset,
             });
         }
     }
 
-    /// Refuse to send while the known budget is spent.
+    /// Refuse to send while GitHub asked us to wait (a `retry-after` on any earlier request) or
+    /// the known primary budget is spent.
     fn check_budget(&self, target: &str) -> Result<(), AdapterError> {
+        let now = Timestamp::now();
+        if let Some(until) = *self.blocked_until.lock().expect("gate lock")
+            && until > now
+        {
+            let wait = Duration::try_from(until.duration_since(now)).unwrap_or(Duration::from_secs(1));
+            return Err(AdapterError::transient(
+                "rate_limited",
+                format!("{target}: holding back until GitHub's retry-after passes"),
+            )
+            .with_retry_after(Some(wait)));
+        }
         if let Some(rate) = *self.rate.lock().expect("rate lock")
             && rate.remaining == 0
         {
@@ -386,7 +407,14 @@ impl GitHubClient {
             .await
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         if !status.is_success() {
-            return Err(classify(&target, status.as_u16(), &headers, &text));
+            let err = classify(&target, status.as_u16(), &headers, &text);
+            if matches!(err.kind, "rate_limited" | "secondary_rate_limit")
+                && let Some(wait) = err.retry_after
+                && let Ok(wait) = jiff::SignedDuration::try_from(wait)
+            {
+                *self.blocked_until.lock().expect("gate lock") = Timestamp::now().checked_add(wait).ok();
+            }
+            return Err(err);
         }
         let body: Value = if text.trim().is_empty() {
             Value::Null
@@ -609,6 +637,26 @@ impl Tracker for GitHubClient {
             )
             .await?;
         opt_str(&page.body, "state").ok_or_else(|| decode_err("issue"))
+    }
+
+    async fn issue_labels(&self, repo: &str, number: u64) -> Result<Vec<String>, AdapterError> {
+        let page = self
+            .request(
+                Method::GET,
+                &format!("{}/issues/{number}", repo_path(repo)?),
+                None,
+            )
+            .await?;
+        let labels = page
+            .body
+            .get("labels")
+            .and_then(Value::as_array)
+            .ok_or_else(|| decode_err("issue labels"))?;
+        // Labels come as objects (`{name}`) and, in some payloads, as plain strings.
+        Ok(labels
+            .iter()
+            .filter_map(|l| l.as_str().map(str::to_string).or_else(|| opt_str(l, "name")))
+            .collect())
     }
 
     async fn add_labels(&self, repo: &str, number: u64, labels: &[String]) -> Result<(), AdapterError> {

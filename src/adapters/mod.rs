@@ -73,6 +73,11 @@ impl AdapterError {
         self
     }
 
+    /// Whether the server refused the credentials or their scope (401/403 classified `auth`).
+    pub fn is_unauthorized(&self) -> bool {
+        self.kind == "auth"
+    }
+
     /// Whether retrying can help.
     pub fn is_transient(&self) -> bool {
         self.class == ErrorClass::Transient

@@ -16,6 +16,9 @@ use super::{AdapterError, SecretSource, http_client, retry_after, snippet};
 pub trait Executor: Send + Sync {
     /// `GET /.well-known/t3/environment`: reachability and version (no auth).
     async fn environment(&self) -> Result<Environment, AdapterError>;
+    /// `GET /api/auth/session` with the token: whether T3 accepts it, and until when. The
+    /// route always answers 200 (`authenticated: false` for a bad, expired or revoked token).
+    async fn auth_session(&self) -> Result<AuthSession, AdapterError>;
     /// `GET /api/orchestration/shell`: active projects and threads with their status.
     async fn shell(&self) -> Result<Shell, AdapterError>;
     /// `GET /api/orchestration/threads/:id`: the full thread (for escalation diagnostics).
@@ -37,6 +40,27 @@ pub struct Environment {
     /// Server version, e.g. `0.0.33`.
     #[serde(default)]
     pub server_version: Option<String>,
+}
+
+/// What `/api/auth/session` says of the token sent.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSession {
+    /// Whether the token is valid now.
+    pub authenticated: bool,
+    /// Granted scopes (absent for an unauthenticated request).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// When the token expires (RFC 3339), when T3 says.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+impl AuthSession {
+    /// `expiresAt` parsed; an unparseable value is treated as unknown, never as expired.
+    pub fn expires_at(&self) -> Option<jiff::Timestamp> {
+        self.expires_at.as_deref().and_then(|t| t.parse().ok())
+    }
 }
 
 /// `OrchestrationShellSnapshot`: only active projects and threads.
@@ -489,6 +513,10 @@ pub fn classify(target: &str, status: u16, body: &str, after: Option<Duration>) 
 impl Executor for T3Client {
     async fn environment(&self) -> Result<Environment, AdapterError> {
         self.get_json("/.well-known/t3/environment", false).await
+    }
+
+    async fn auth_session(&self) -> Result<AuthSession, AdapterError> {
+        self.get_json("/api/auth/session", true).await
     }
 
     async fn shell(&self) -> Result<Shell, AdapterError> {

@@ -117,17 +117,33 @@ async fn gather(
     let listing = tracker.list_labeled_issues(repo, ready_label).await?;
     let mut out = vec![];
     for issue in listing.items {
+        // A transient failure (5xx, timeout, rate limit) while gathering a gate fact is not "no
+        // facts": the issue waits with the reason `github unavailable` (SPEC §3.2). A permanent
+        // answer (404, 403) fails closed through the gate itself (untrusted, state unknown).
+        let mut facts_error: Option<String> = None;
+        let mut unavailable = |what: &str, e: &crate::adapters::AdapterError| {
+            facts_error.get_or_insert_with(|| format!("{what} ({})", e.kind));
+        };
         let labeler = match tracker.label_events(repo, issue.number).await {
             Ok(events) => match events.into_iter().rfind(|e| e.label == ready_label) {
                 Some(e) => {
                     let key = (repo.to_ascii_lowercase(), e.actor_login.to_ascii_lowercase());
                     let permission = match cache.permissions.get(&key) {
                         Some(p) => *p,
-                        None => {
-                            let p = tracker.permission(repo, &e.actor_login).await.ok();
-                            cache.permissions.insert(key, p);
-                            p
-                        }
+                        None => match tracker.permission(repo, &e.actor_login).await {
+                            Ok(p) => {
+                                cache.permissions.insert(key, Some(p));
+                                Some(p)
+                            }
+                            Err(err) if err.is_transient() => {
+                                unavailable("permission lookup failed", &err);
+                                None
+                            }
+                            Err(_) => {
+                                cache.permissions.insert(key, None);
+                                None
+                            }
+                        },
                     };
                     Labeler::Known {
                         login: e.actor_login,
@@ -138,10 +154,14 @@ async fn gather(
                 }
                 None => Labeler::Unknown,
             },
-            // Fail closed: no attributable event means untrusted.
-            Err(_) => Labeler::Unknown,
+            Err(err) => {
+                if err.is_transient() {
+                    unavailable("label events lookup failed", &err);
+                }
+                // Fail closed: no attributable event means untrusted.
+                Labeler::Unknown
+            }
         };
-        let mut facts_error = None;
         let mut blockers = vec![];
         for r in parse_blockers(&issue.body) {
             let target = r.repo_or(repo).to_string();
@@ -149,10 +169,16 @@ async fn gather(
             let state = match cache.states.get(&key) {
                 Some(s) => *s,
                 None => {
-                    let s = match tracker.issue_state(&target, r.number).await.as_deref() {
-                        Ok("closed") => BlockerState::Closed,
-                        Ok("open") => BlockerState::Open,
-                        _ => BlockerState::Unknown,
+                    let s = match tracker.issue_state(&target, r.number).await {
+                        Ok(s) if s == "closed" => BlockerState::Closed,
+                        Ok(s) if s == "open" => BlockerState::Open,
+                        Ok(_) => BlockerState::Unknown,
+                        Err(err) => {
+                            if err.is_transient() {
+                                unavailable("blocker state lookup failed", &err);
+                            }
+                            BlockerState::Unknown
+                        }
                     };
                     cache.states.insert(key, s);
                     s
@@ -187,7 +213,9 @@ async fn gather(
                     }
                 }
             }
-            Err(e) => facts_error = Some(format!("dependency lookup failed ({})", e.kind)),
+            Err(e) => {
+                facts_error.get_or_insert_with(|| format!("dependency lookup failed ({})", e.kind));
+            }
         }
         out.push(ReadyIssue {
             repo: repo.to_string(),

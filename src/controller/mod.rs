@@ -9,6 +9,7 @@ mod config;
 mod leader;
 mod run;
 mod status;
+mod triggers;
 
 use std::{
     collections::HashMap,
@@ -60,6 +61,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Bounded retries for notifications.
     pub notify_retry: crate::adapters::retry::RetryPolicy,
+    /// At most one AfkRun-triggered poll of an AfkConfig per this window.
+    pub config_trigger_window: Duration,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             secret_refresh: Duration::from_secs(30),
             max_backoff: Duration::from_secs(300),
             notify_retry: crate::adapters::retry::RetryPolicy::default(),
+            config_trigger_window: Duration::from_secs(5),
         }
     }
 }
@@ -154,6 +158,9 @@ pub enum Error {
     /// A referenced object (config, secret) is missing or unusable.
     #[error("{0}")]
     Reference(String),
+    /// T3 refused the token (401/403) on a call a run needed: permanent for that run.
+    #[error("the executor refused the token: {0}")]
+    ExecutorUnauthorized(#[source] AdapterError),
     /// The finalizer helper failed (boxed: it contains this type).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -167,6 +174,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Adapter(e) => e.kind,
             Error::Reference(_) => "reference",
+            Error::ExecutorUnauthorized(_) => "executor_unauthorized",
             Error::Finalizer(_) => "finalizer",
         }
     }
@@ -239,30 +247,6 @@ pub enum Trigger {
     Run(ObjectRef<AfkRun>),
 }
 
-/// The triggers of one kind as a stream for `reconcile_on`. Missed triggers (a lagging receiver)
-/// are harmless: the periodic poll and requeue are the safety net.
-fn triggers<K: kube::Resource + 'static>(
-    rx: tokio::sync::broadcast::Receiver<Trigger>,
-    pick: fn(Trigger) -> Option<ObjectRef<K>>,
-) -> impl futures::Stream<Item = ObjectRef<K>> + Send
-where
-    K::DynamicType: Default,
-{
-    futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(trigger) => {
-                    if let Some(r) = pick(trigger) {
-                        return Some((r, rx));
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-}
-
 /// Run both controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -296,8 +280,11 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(spec_or_annotations, Default::default());
     let config_controller = Controller::for_stream(config_changes, config_reader)
-        .owns(runs.clone(), watcher::Config::default().any_semantic())
-        .reconcile_on(triggers(trigger.resubscribe(), |t| match t {
+        .reconcile_on(triggers::gate_changes(
+            runs.clone(),
+            ctx.settings.config_trigger_window,
+        ))
+        .reconcile_on(triggers::from_channel(trigger.resubscribe(), |t| match t {
             Trigger::Config(r) => Some(r),
             Trigger::Run(_) => None,
         }))
@@ -311,7 +298,7 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(RUN_CONCURRENCY));
     let run_store = run_controller.store();
     let run_controller = run_controller
-        .reconcile_on(triggers(trigger, |t| match t {
+        .reconcile_on(triggers::from_channel(trigger, |t| match t {
             Trigger::Run(r) => Some(r),
             Trigger::Config(_) => None,
         }))

@@ -22,7 +22,7 @@ use crate::{
     adapters::{
         AdapterError,
         notify::Outgoing,
-        t3::{Command, ModelSelection, ThreadShell, TurnMessage},
+        t3::{Command, ModelSelection, Shell, ThreadShell, TurnMessage},
     },
     crd::{
         AfkConfig, AfkRun, AfkRunStatus, CiStatus, CiVerdict, CommandIntent, DispatchIntent,
@@ -57,7 +57,7 @@ async fn reconcile_inner(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, 
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(run, ctx.clone(), api.clone()).await,
-            Finalizer::Cleanup(run) => cleanup(run, ctx.clone()).await,
+            Finalizer::Cleanup(run) => cleanup(run, ctx.clone(), api.clone()).await,
         }
     })
     .await
@@ -75,6 +75,7 @@ fn ts(s: Option<&str>) -> Option<Timestamp> {
 fn thread_view(t: &ThreadShell) -> ThreadView {
     ThreadView {
         latest_turn: t.latest_turn.as_ref().map(|lt| TurnView {
+            turn_id: Some(lt.turn_id.clone()).filter(|id| !id.is_empty()),
             state: TurnState::parse(&lt.state),
             requested_at: ts(lt.requested_at.as_deref()),
             completed_at: ts(lt.completed_at.as_deref()),
@@ -93,7 +94,6 @@ fn budgets(config: &AfkConfig) -> Result<Budgets, String> {
         max_duration: b.fix_forward_max_duration.to_std().map_err(|e| e.to_string())?,
         stall_timeout: b.stall_timeout.to_std().map_err(|e| e.to_string())?,
         pre_escalation_grace: b.pre_escalation_grace.to_std().map_err(|e| e.to_string())?,
-        max_cost_usd: f64::from(b.max_budget_usd),
     })
 }
 
@@ -275,7 +275,7 @@ impl Work {
         let uid = self.uid();
         let root = self.workspace_root();
         if self.st.dispatch.is_none() {
-            let shell = self.adapters.executor.shell().await?;
+            let shell = self.adapters.executor.shell().await.map_err(executor_error)?;
             let (project, project_cmd) = match shell.project_for_root(&root) {
                 Some(p) => (p.id.clone(), None),
                 None => (project_id(&root, 0), Some(derived_id(&[&uid, "project.create"]))),
@@ -323,7 +323,7 @@ impl Work {
                 Err(e) if e.kind == "dispatch_rejected" => {
                     // The id was used before (T3 never reuses ids) or another active project
                     // holds the root: reuse that project, or mint a fresh id, record, retry.
-                    let shell = self.adapters.executor.shell().await?;
+                    let shell = self.adapters.executor.shell().await.map_err(executor_error)?;
                     let intent = self.st.dispatch.as_mut().expect("recorded");
                     match shell.project_for_root(&root) {
                         Some(p) => {
@@ -342,6 +342,7 @@ impl Work {
                     )));
                 }
                 Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
                 Err(e) => return self.dispatch_failed(e).await,
             }
         }
@@ -373,6 +374,7 @@ impl Work {
         {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
             Err(e) => return self.dispatch_failed(e).await,
         }
         let preamble = self
@@ -412,6 +414,7 @@ impl Work {
         {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
             Err(e) => return self.dispatch_failed(e).await,
         }
         if let Some(intent) = self.st.dispatch.as_mut() {
@@ -425,6 +428,12 @@ impl Work {
             .dispatches
             .get_or_create(&metrics::Result_ { result: "ok".into() })
             .inc();
+        if let Some(created) = &self.run.metadata.creation_timestamp {
+            self.ctx
+                .metrics
+                .dispatch_latency
+                .observe(decide::elapsed(created.0, self.now).as_secs_f64());
+        }
         self.save().await?;
         self.event(
             false,
@@ -432,16 +441,8 @@ impl Work {
             format!("{}#{} dispatched to T3", self.run.spec.repo, self.run.spec.issue),
         )
         .await;
-        // The visible lock, only after the turn started.
-        if !self.st.effects.in_progress_label {
-            let label = self.config.spec.labels.in_progress.clone();
-            self.adapters
-                .tracker
-                .add_labels(&self.run.spec.repo, self.run.spec.issue, &[label])
-                .await?;
-            self.st.effects.in_progress_label = true;
-            self.save().await?;
-        }
+        // The visible lock (the in-progress label) follows in `converge_live_labels`, only
+        // now that the turn started.
         Ok(())
     }
 
@@ -474,6 +475,7 @@ impl Work {
                 command_id: derived_id(&[&self.uid(), "thread.turn.interrupt"]),
                 message_id: None,
                 commit: None,
+                previous_turn_id: None,
                 minted_at: self.time(),
                 sent_at: None,
             });
@@ -491,6 +493,8 @@ impl Work {
         {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
+            // Not interrupted: the agent may still be running, which the run must say.
+            Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
             // A thread T3 no longer has cannot be interrupted; nothing more to do.
             Err(e) => tracing::warn!(error = %e, "interrupt rejected"),
         }
@@ -557,6 +561,7 @@ impl Work {
         match res {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
             Err(e) => {
                 self.finish(
                     Phase::Failed,
@@ -719,8 +724,36 @@ impl Work {
         Ok(fold.finish())
     }
 
-    /// Terminal effects, each recorded in `status.effects` and performed at most once.
-    async fn terminal_effects(&mut self) -> Result<bool, Error> {
+    /// The label set a live, dispatched run implies: the in-progress label present (the visible
+    /// repo lock) and no stale `ready-for-human` from an earlier attempt. Level-triggered: it is
+    /// derived and converged on every reconcile, so a label write lost to a 5xx or a crash heals
+    /// (SPEC §3.2). Reading the labels is a conditional GET (a 304 costs no rate limit).
+    async fn converge_live_labels(&mut self) -> Result<(), Error> {
+        let (repo, issue) = (self.run.spec.repo.clone(), self.run.spec.issue);
+        let labels = self.config.spec.labels.clone();
+        let tracker = self.adapters.tracker.clone();
+        let current = tracker.issue_labels(&repo, issue).await?;
+        let has = |name: &str| current.iter().any(|l| l.eq_ignore_ascii_case(name));
+        if !has(&labels.in_progress) {
+            tracker
+                .add_labels(&repo, issue, std::slice::from_ref(&labels.in_progress))
+                .await?;
+        }
+        if has(&labels.ready_for_human) {
+            tracker
+                .remove_label(&repo, issue, &labels.ready_for_human)
+                .await?;
+        }
+        if !self.st.effects.in_progress_label {
+            self.st.effects.in_progress_label = true;
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Terminal effects, each recorded in `status.effects` once done; a reconcile performs only
+    /// the missing ones, so a failure part-way is finished later, never half-applied for good.
+    async fn terminal_effects(&mut self) -> Result<(), Error> {
         let phase = self.st.phase.unwrap_or(Phase::Failed);
         let (repo, issue) = (self.run.spec.repo.clone(), self.run.spec.issue);
         let tracker = self.adapters.tracker.clone();
@@ -750,92 +783,309 @@ impl Work {
             self.save().await?;
         }
         if !self.st.effects.notification {
-            // Recorded before sending: a crash after delivery must not ring twice.
+            self.ring(phase).await?;
+        }
+        Ok(())
+    }
+
+    /// The doorbell, at least once (SPEC §3.7): the intent is recorded, then delivered, then
+    /// marked delivered — a crash in between rings again after the restart. A delivery that
+    /// still fails after the notifier's bounded retries is a Warning Event, never a blocked run.
+    async fn ring(&mut self, phase: Phase) -> Result<(), Error> {
+        let Some(kind) = NotificationKind::for_phase(phase) else {
             self.st.effects.notification = true;
+            return self.save().await;
+        };
+        if self.st.effects.notification_intent_at.is_none() {
+            self.st.effects.notification_intent_at = Some(self.time());
             self.save().await?;
-            if let Some(kind) = NotificationKind::for_phase(phase) {
-                let n = render::notification(kind, &self.view());
-                let msg = Outgoing {
-                    title: n.title.clone(),
-                    body: n.body.clone(),
-                    ntfy_priority: n.ntfy_priority,
-                    tags: n.tags.iter().map(|t| t.to_string()).collect(),
-                    click: n.click.clone(),
-                    slack: render::slack_payload(&n),
-                };
-                for notifier in self.adapters.notifiers.clone() {
-                    if let Err(e) = notifier.deliver(&msg).await {
-                        self.event(
-                            true,
-                            "NotificationFailed",
-                            format!("{} delivery failed: {e}", notifier.channel()),
-                        )
-                        .await;
-                    }
-                }
+        }
+        let n = render::notification(kind, &self.view());
+        let msg = Outgoing {
+            title: n.title.clone(),
+            body: n.body.clone(),
+            ntfy_priority: n.ntfy_priority,
+            tags: n.tags.iter().map(|t| t.to_string()).collect(),
+            click: n.click.clone(),
+            slack: render::slack_payload(&n),
+        };
+        for notifier in self.adapters.notifiers.clone() {
+            if let Err(e) = notifier.deliver(&msg).await {
+                self.event(
+                    true,
+                    "NotificationFailed",
+                    format!("{} delivery failed: {e}", notifier.channel()),
+                )
+                .await;
             }
         }
-        Ok(true)
+        self.st.effects.notification = true;
+        self.save().await
+    }
+
+    /// The Event, the log line and the escalation metric of a phase change.
+    async fn record_transition(&self, before: Phase, after: Phase) {
+        if after == before {
+            return;
+        }
+        let escalation = matches!(after, Phase::NeedsHuman | Phase::Frozen | Phase::Failed);
+        if let Some(kind) = NotificationKind::for_phase(after).filter(|_| escalation) {
+            self.ctx
+                .metrics
+                .escalations
+                .get_or_create(&metrics::Kind {
+                    kind: kind.as_str().into(),
+                })
+                .inc();
+        }
+        let note = format!(
+            "{} → {}: {}",
+            before.as_str(),
+            after.as_str(),
+            self.st.message.clone().unwrap_or_default()
+        );
+        let reason = self.st.reason.clone().unwrap_or_else(|| after.as_str().into());
+        self.event(escalation || after == Phase::Cancelled, &reason, note)
+            .await;
+        tracing::info!(from = before.as_str(), to = after.as_str(), reason = %reason, "phase change");
+    }
+
+    /// T3 refused the token: the run cannot make progress and must not hold its repo. It ends
+    /// `Failed` (reason `ExecutorUnauthorized`) with its terminal effects and the `failed` bell.
+    async fn fail_unauthorized(&mut self, e: AdapterError) -> Result<Action, Error> {
+        let before = self.st.phase.unwrap_or(Phase::Pending);
+        if !before.is_terminal() {
+            self.finish(
+                Phase::Failed,
+                "ExecutorUnauthorized",
+                format!(
+                    "T3 refused the token ({e}); mint a new one with `t3 auth session issue --token-only` and update the Secret {:?}",
+                    self.config.spec.executor.t3.token_secret_ref.name
+                ),
+            );
+            self.save().await?;
+            self.record_transition(before, Phase::Failed).await;
+        }
+        self.terminal_effects().await?;
+        Ok(Action::await_change())
+    }
+
+    /// The shell (cached for a second across runs), with T3 refusing the token made typed.
+    async fn shell(&self) -> Result<Arc<Shell>, Error> {
+        self.adapters.shell().await.map_err(executor_error)
+    }
+
+    /// One reconcile of a live run: finish a half-sent intent, observe, decide, act, write
+    /// status, converge labels and the checklist.
+    async fn step(&mut self) -> Result<Action, Error> {
+        let run = self.run.clone();
+        let before = self.st.phase.unwrap_or(Phase::Pending);
+        if self.st.phase.is_none() {
+            self.st.phase = Some(Phase::Pending);
+            self.st.reason = Some("Pending".into());
+            self.st.message = Some("waiting to be dispatched".into());
+            self.save().await?;
+        }
+        if before.is_terminal() {
+            self.terminal_effects().await?;
+            return Ok(Action::await_change());
+        }
+
+        // Finish any recorded intent first (a crash left it half done).
+        if let Some(t) = self.st.fix_forward.as_ref().and_then(|f| f.last_turn.as_ref())
+            && t.sent_at.is_none()
+            && !run.spec.cancel
+            && self.config.emergency_stop().is_none()
+        {
+            self.send_corrective().await?;
+        }
+
+        let now = self.now;
+        let dispatched_at = self
+            .st
+            .dispatch
+            .as_ref()
+            .and_then(|d| d.sent_at.as_ref())
+            .map(|t| t.0);
+        let thread = match (self.st.thread_id.clone(), dispatched_at) {
+            (Some(id), Some(_)) => match self.shell().await {
+                Ok(shell) => shell.thread(&id).map_or(ThreadObservation::Unknown, |t| {
+                    ThreadObservation::Seen(thread_view(t))
+                }),
+                Err(Error::ExecutorUnauthorized(e)) => return Err(Error::ExecutorUnauthorized(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "shell poll failed");
+                    ThreadObservation::Unknown
+                }
+            },
+            (Some(_), None) => ThreadObservation::Unknown,
+            (None, _) => ThreadObservation::NotDispatched,
+        };
+        if dispatched_at.is_some() {
+            self.discover_commit().await?;
+        }
+        if let Some(sha) = self.st.commit.clone() {
+            let ci = self.fold_ci(&sha).await?;
+            if ci.verdict == CiVerdict::Red {
+                let ff = self.st.fix_forward.get_or_insert_with(FixForwardStatus::default);
+                ff.first_red_at.get_or_insert(Time(now));
+            }
+            self.st.ci = Some(ci);
+        }
+        let ff = self.st.fix_forward.clone().unwrap_or_default();
+        let last_turn_sent = [
+            dispatched_at,
+            ff.last_turn
+                .as_ref()
+                .and_then(|t| t.sent_at.as_ref())
+                .map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let obs = RunObservation {
+            phase: self.st.phase.unwrap_or(Phase::Pending),
+            cancel_requested: run.spec.cancel,
+            emergency_stop: self.config.emergency_stop().is_some(),
+            suspended: self.config.spec.suspend,
+            last_turn_sent_at: last_turn_sent,
+            last_turn_commit: ff.last_turn.as_ref().and_then(|t| t.commit.clone()),
+            previous_turn_id: ff.last_turn.as_ref().and_then(|t| t.previous_turn_id.clone()),
+            thread,
+            commit: self.st.commit.clone(),
+            ci: self.st.ci.as_ref().map(|c| c.verdict),
+            fix_forward_attempts: ff.attempts,
+            first_red_at: ff.first_red_at.as_ref().map(|t| t.0),
+            budgets: self.budgets.clone(),
+            now,
+        };
+        let latest_turn_id = match &obs.thread {
+            ThreadObservation::Seen(v) => v.latest_turn.as_ref().and_then(|t| t.turn_id.clone()),
+            _ => None,
+        };
+        let decision = decide::decide(&obs);
+        match decision.action {
+            RunAction::Settled => {}
+            RunAction::Dispatch => self.dispatch().await?,
+            RunAction::Wait => {
+                self.st.phase = Some(decision.phase);
+                self.st.reason = Some(decision.reason.to_string());
+                self.st.message = Some(decision.message.clone());
+            }
+            RunAction::SendCorrectiveTurn { attempt } => {
+                let uid = self.uid();
+                let ff = self.st.fix_forward.get_or_insert_with(FixForwardStatus::default);
+                ff.attempts = attempt;
+                ff.last_turn = Some(CommandIntent {
+                    command_id: derived_id(&[&uid, "fix", &attempt.to_string()]),
+                    message_id: Some(derived_id(&[&uid, "message", &attempt.to_string()])),
+                    commit: self.st.commit.clone(),
+                    previous_turn_id: latest_turn_id,
+                    minted_at: Time(now),
+                    sent_at: None,
+                });
+                self.st.phase = Some(Phase::FixingForward);
+                self.st.reason = Some(decision.reason.to_string());
+                self.st.message = Some(decision.message.clone());
+                self.save().await?;
+                self.send_corrective().await?;
+            }
+            RunAction::Finish { interrupt } => {
+                if interrupt {
+                    self.interrupt().await?;
+                }
+                self.finish(decision.phase, decision.reason, decision.message.clone());
+            }
+        }
+        self.save().await?;
+        let after = self.st.phase.unwrap_or(Phase::Pending);
+        self.record_transition(before, after).await;
+        if after.is_terminal() {
+            self.terminal_effects().await?;
+            return Ok(Action::await_change());
+        }
+        if self.st.dispatch.as_ref().is_some_and(|d| d.sent_at.is_some()) {
+            self.converge_live_labels().await?;
+            self.sync_checklist().await?;
+        }
+        // Jitter spreads runs that were dispatched together.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Ok(Action::requeue(
+            self.ctx
+                .settings
+                .run_requeue
+                .mul_f64(0.9 + f64::from(nanos % 200) / 1000.0),
+        ))
     }
 }
 
-async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
-    // The reflector may lag behind our own last status write; the recorded-intent protocol needs
-    // the latest status, so read it fresh.
-    let Some(run) = api.get_opt(&cached.name_any()).await? else {
-        return Ok(Action::await_change());
-    };
+/// T3 refusing the token becomes the typed, run-ending error; everything else stays an adapter
+/// error (transient ones are retried).
+fn executor_error(e: AdapterError) -> Error {
+    if e.is_unauthorized() {
+        Error::ExecutorUnauthorized(e)
+    } else {
+        Error::Adapter(e)
+    }
+}
+
+/// What loading a run's surroundings gave: a run to work on, or a status already written that
+/// explains why it cannot be worked on now.
+enum Loaded {
+    Ready(Box<Work>),
+    Blocked(Action),
+}
+
+/// Read the run fresh and dereference its config, budgets and adapters. A missing config or
+/// Secret, or an invalid spec, keeps the phase and says why in `Stalled`.
+async fn load(run: AfkRun, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Loaded, Error> {
     let run = Arc::new(run);
     let ns = run.namespace().unwrap_or_default();
     let configs: Api<AfkConfig> = Api::namespaced(ctx.client.clone(), &ns);
     let current = run.status.clone();
     let now = Timestamp::now();
-    let Some(config) = configs.get_opt(&run.spec.config_ref).await? else {
+    let stalled = |reason: &'static str, why: String| {
         let mut st = current.clone().unwrap_or_default();
+        // A stalled run keeps (or gets) a phase: never an empty PHASE column.
+        st.phase.get_or_insert(Phase::Pending);
+        st.reason = Some(reason.into());
+        st.message = Some(why.clone());
         set_condition(
             &mut st.conditions,
             types::STALLED,
             Status::True,
-            "ConfigNotFound",
-            format!("AfkConfig {:?} not found", run.spec.config_ref),
+            reason,
+            why,
             run.metadata.generation,
             &Time(now),
         );
+        st
+    };
+    let Some(config) = configs.get_opt(&run.spec.config_ref).await? else {
+        let st = stalled(
+            "ConfigNotFound",
+            format!("AfkConfig {:?} not found", run.spec.config_ref),
+        );
         apply_status(&api, &run, current.as_ref(), &st).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Loaded::Blocked(Action::requeue(Duration::from_secs(60))));
     };
     let budgets = match budgets(&config) {
         Ok(b) => b,
         Err(why) => {
-            let mut st = current.clone().unwrap_or_default();
-            set_condition(
-                &mut st.conditions,
-                types::STALLED,
-                Status::True,
-                "InvalidSpec",
-                why,
-                run.metadata.generation,
-                &Time(now),
-            );
+            let st = stalled("InvalidSpec", why);
             apply_status(&api, &run, current.as_ref(), &st).await?;
-            return Ok(Action::await_change());
+            return Ok(Loaded::Blocked(Action::await_change()));
         }
     };
     let adapters = match ctx.adapters.for_config(&config).await {
         Ok(a) => a,
         Err(Error::Reference(why)) => {
-            let mut st = current.clone().unwrap_or_default();
-            set_condition(
-                &mut st.conditions,
-                types::STALLED,
-                Status::True,
-                "ReferenceError",
-                why,
-                run.metadata.generation,
-                &Time(now),
-            );
+            let st = stalled("ReferenceError", why);
             apply_status(&api, &run, current.as_ref(), &st).await?;
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            return Ok(Loaded::Blocked(Action::requeue(Duration::from_secs(60))));
         }
         Err(e) => return Err(e),
     };
@@ -852,255 +1102,80 @@ async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Resu
             rollout: None,
             woodpecker_repo_id: None,
         });
-    let mut w = Work {
+    Ok(Loaded::Ready(Box::new(Work {
         st: current.clone().unwrap_or_default(),
         written: current,
-        run: run.clone(),
+        run,
         api,
         config,
         entry,
         adapters,
-        ctx: ctx.clone(),
+        ctx,
         now,
         budgets,
-    };
-    let before = w.st.phase.unwrap_or(Phase::Pending);
-    if w.st.phase.is_none() {
-        w.st.phase = Some(Phase::Pending);
-        w.save().await?;
-    }
-
-    if before.is_terminal() {
-        w.terminal_effects().await?;
-        return Ok(Action::await_change());
-    }
-
-    // Finish any recorded intent first (a crash left it half done).
-    if let Some(t) = w.st.fix_forward.as_ref().and_then(|f| f.last_turn.as_ref())
-        && t.sent_at.is_none()
-        && !run.spec.cancel
-        && w.config.emergency_stop().is_none()
-    {
-        w.send_corrective().await?;
-    }
-
-    let dispatched_at =
-        w.st.dispatch
-            .as_ref()
-            .and_then(|d| d.sent_at.as_ref())
-            .map(|t| t.0);
-    let thread = match (&w.st.thread_id, dispatched_at) {
-        (Some(id), Some(_)) => match w.adapters.shell().await {
-            Ok(shell) => shell.thread(id).map_or(ThreadObservation::Unknown, |t| {
-                ThreadObservation::Seen(thread_view(t))
-            }),
-            Err(e) => {
-                tracing::debug!(error = %e, "shell poll failed");
-                ThreadObservation::Unknown
-            }
-        },
-        (Some(_), None) => ThreadObservation::Unknown,
-        (None, _) => ThreadObservation::NotDispatched,
-    };
-    if dispatched_at.is_some() {
-        w.discover_commit().await?;
-    }
-    if let Some(sha) = w.st.commit.clone() {
-        let ci = w.fold_ci(&sha).await?;
-        if ci.verdict == CiVerdict::Red {
-            let ff = w.st.fix_forward.get_or_insert_with(FixForwardStatus::default);
-            ff.first_red_at.get_or_insert(Time(now));
-        }
-        w.st.ci = Some(ci);
-    }
-    let ff = w.st.fix_forward.clone().unwrap_or_default();
-    let last_turn_sent = [
-        dispatched_at,
-        ff.last_turn
-            .as_ref()
-            .and_then(|t| t.sent_at.as_ref())
-            .map(|t| t.0),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    let obs = RunObservation {
-        phase: w.st.phase.unwrap_or(Phase::Pending),
-        cancel_requested: run.spec.cancel,
-        emergency_stop: w.config.emergency_stop().is_some(),
-        suspended: w.config.spec.suspend,
-        last_turn_sent_at: last_turn_sent,
-        last_turn_commit: ff.last_turn.as_ref().and_then(|t| t.commit.clone()),
-        thread,
-        commit: w.st.commit.clone(),
-        ci: w.st.ci.as_ref().map(|c| c.verdict),
-        fix_forward_attempts: ff.attempts,
-        first_red_at: ff.first_red_at.as_ref().map(|t| t.0),
-        cost_usd: w.st.cost_usd,
-        budgets: w.budgets.clone(),
-        now,
-    };
-    let decision = decide::decide(&obs);
-    match decision.action {
-        RunAction::Settled => {}
-        RunAction::Dispatch => w.dispatch().await?,
-        RunAction::Wait => {
-            w.st.phase = Some(decision.phase);
-            w.st.reason = Some(decision.reason.to_string());
-            w.st.message = Some(decision.message.clone());
-        }
-        RunAction::SendCorrectiveTurn { attempt } => {
-            let uid = w.uid();
-            let ff = w.st.fix_forward.get_or_insert_with(FixForwardStatus::default);
-            ff.attempts = attempt;
-            ff.last_turn = Some(CommandIntent {
-                command_id: derived_id(&[&uid, "fix", &attempt.to_string()]),
-                message_id: Some(derived_id(&[&uid, "message", &attempt.to_string()])),
-                commit: w.st.commit.clone(),
-                minted_at: Time(now),
-                sent_at: None,
-            });
-            w.st.phase = Some(Phase::FixingForward);
-            w.st.reason = Some(decision.reason.to_string());
-            w.st.message = Some(decision.message.clone());
-            w.save().await?;
-            w.send_corrective().await?;
-        }
-        RunAction::Finish { interrupt } => {
-            if interrupt {
-                w.interrupt().await?;
-            }
-            w.finish(decision.phase, decision.reason, decision.message.clone());
-        }
-    }
-    w.save().await?;
-    let after = w.st.phase.unwrap_or(Phase::Pending);
-    if w.st.dispatch.as_ref().is_some_and(|d| d.sent_at.is_some()) && !after.is_terminal() {
-        w.sync_checklist().await?;
-    }
-    if after != before {
-        let escalation = matches!(after, Phase::NeedsHuman | Phase::Frozen | Phase::Failed);
-        let kind = match after {
-            Phase::NeedsHuman => Some("needs-human"),
-            Phase::Frozen => Some("frozen"),
-            Phase::Failed => Some("failed"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            ctx.metrics
-                .escalations
-                .get_or_create(&metrics::Kind { kind: kind.into() })
-                .inc();
-        }
-        let note = format!(
-            "{} → {}: {}",
-            before.as_str(),
-            after.as_str(),
-            w.st.message.clone().unwrap_or_default()
-        );
-        w.event(
-            escalation || after == Phase::Cancelled,
-            w.st.reason
-                .clone()
-                .unwrap_or_else(|| after.as_str().into())
-                .as_str(),
-            note,
-        )
-        .await;
-        tracing::info!(repo = %run.spec.repo, issue = run.spec.issue, run = %run.name_any(), from = before.as_str(), to = after.as_str(), "phase change");
-    }
-    if after.is_terminal() {
-        w.terminal_effects().await?;
-        return Ok(Action::await_change());
-    }
-    // Jitter spreads runs that were dispatched together.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    Ok(Action::requeue(
-        ctx.settings
-            .run_requeue
-            .mul_f64(0.9 + f64::from(nanos % 200) / 1000.0),
-    ))
+    })))
 }
 
-/// Deleting a non-terminal run interrupts its turn, frees the issue and posts a final state.
-async fn cleanup(run: Arc<AfkRun>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if run.is_terminal() {
-        return Ok(Action::await_change());
-    }
-    let ns = run.namespace().unwrap_or_default();
-    let configs: Api<AfkConfig> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(config) = configs.get_opt(&run.spec.config_ref).await? else {
+async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
+    // The reflector may lag behind our own last status write; the recorded-intent protocol needs
+    // the latest status, so read it fresh.
+    let Some(run) = api.get_opt(&cached.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    let adapters = match ctx.adapters.for_config(&config).await {
-        Ok(a) => a,
-        // Without credentials nothing external can be cleaned; do not block the deletion.
-        Err(Error::Reference(_)) => return Ok(Action::await_change()),
+    let mut w = match load(run, ctx, api).await? {
+        Loaded::Ready(w) => w,
+        Loaded::Blocked(action) => return Ok(action),
+    };
+    match w.step().await {
+        Err(Error::ExecutorUnauthorized(e)) => w.fail_unauthorized(e).await,
+        other => other,
+    }
+}
+
+/// Deleting a non-terminal run is a human cancel (SPEC §1.2): the turn is interrupted and the
+/// `Cancelled` terminal effects — ready and in-progress labels removed, `ready-for-human` added,
+/// final checklist — are done before the finalizer is released, so the AfkConfig loop does not
+/// dispatch the issue again until a trusted human re-applies the ready label. The cancel is
+/// recorded in status first (reason `Deleted`), so a crash part-way finishes the same effects
+/// after a restart. Deleting a run that was already terminal does nothing external.
+async fn cleanup(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
+    let Some(run) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let cancelled_by_delete = run.status.as_ref().and_then(|s| s.reason.as_deref()) == Some(DELETED);
+    if run.is_terminal() && !cancelled_by_delete {
+        return Ok(Action::await_change());
+    }
+    let mut w = match load(run, ctx, api).await {
+        Ok(Loaded::Ready(w)) => w,
+        // Without its config or credentials nothing external can be cleaned; do not hold the
+        // deletion hostage (a namespace being deleted must finish).
+        Ok(Loaded::Blocked(_)) => {
+            tracing::warn!("deleted run's config or Secrets are unavailable; nothing external was cleaned");
+            return Ok(Action::await_change());
+        }
         Err(e) => return Err(e),
     };
-    let st = run.status.clone().unwrap_or_default();
-    let uid = run.uid().unwrap_or_default();
-    if let (Some(thread), Some(_)) = (
-        &st.thread_id,
-        st.dispatch.as_ref().and_then(|d| d.sent_at.as_ref()),
-    ) {
-        let cmd = Command::ThreadTurnInterrupt {
-            command_id: derived_id(&[&uid, "thread.turn.interrupt"]),
-            thread_id: thread.clone(),
-            turn_id: None,
-            created_at: Timestamp::now().to_string(),
-        };
-        match adapters.executor.dispatch(&cmd).await {
-            Ok(_) => {}
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(e) => tracing::warn!(error = %e, "interrupt on delete rejected"),
+    let before = w.st.phase.unwrap_or(Phase::Pending);
+    if !before.is_terminal() {
+        let dispatched = w.st.dispatch.as_ref().is_some_and(|d| d.sent_at.is_some());
+        if dispatched {
+            match w.interrupt().await {
+                Ok(()) => {}
+                // A refused token cannot interrupt; the cancel still happens on our side.
+                Err(Error::ExecutorUnauthorized(e)) => {
+                    tracing::warn!(error = %e, "interrupt on delete refused")
+                }
+                Err(e) => return Err(e),
+            }
         }
+        w.finish(Phase::Cancelled, DELETED, "the AfkRun was deleted by a human");
+        w.save().await?;
+        w.record_transition(before, Phase::Cancelled).await;
     }
-    adapters
-        .tracker
-        .remove_label(&run.spec.repo, run.spec.issue, &config.spec.labels.in_progress)
-        .await?;
-    if let Some(id) = st.checklist_comment_id {
-        let mut final_status = st.clone();
-        final_status.phase = Some(Phase::Cancelled);
-        final_status.reason = Some("Deleted".into());
-        final_status.message = Some("the AfkRun was deleted".into());
-        let b = budgets(&config).unwrap_or(Budgets {
-            max_attempts: 0,
-            max_duration: Duration::ZERO,
-            stall_timeout: Duration::ZERO,
-            pre_escalation_grace: Duration::ZERO,
-            max_cost_usd: 0.0,
-        });
-        let view = RunView {
-            name: run.metadata.name.as_deref().unwrap_or_default(),
-            uid: &uid,
-            repo: &run.spec.repo,
-            issue: run.spec.issue,
-            title: &run.spec.title,
-            attempt: run.spec.attempt,
-            phase: Phase::Cancelled,
-            thread_id: final_status.thread_id.as_deref(),
-            thread_url: final_status.thread_url.as_deref(),
-            dispatched: true,
-            commit: final_status.commit.as_deref(),
-            commit_url: final_status.commit_url.as_deref(),
-            ci: final_status.ci.as_ref(),
-            rollout_watched: false,
-            fix_forward_attempts: final_status.fix_forward.as_ref().map_or(0, |f| f.attempts),
-            fix_forward_max_attempts: b.max_attempts,
-            fix_forward_elapsed: Duration::ZERO,
-            fix_forward_max_duration: b.max_duration,
-            reason: final_status.reason.as_deref(),
-            message: final_status.message.as_deref(),
-        };
-        adapters
-            .tracker
-            .update_comment(&run.spec.repo, id, &render::checklist(&view))
-            .await?;
-    }
+    w.terminal_effects().await?;
     Ok(Action::await_change())
 }
+
+/// The reason of a run cancelled by deleting it.
+const DELETED: &str = "Deleted";

@@ -262,6 +262,10 @@ pub struct CommandIntent {
     /// The commit the command reacts to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The thread's latest turn id when this turn was recorded: a turn with that id is the one
+    /// before, never the answer to this command (turns can follow each other within seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_turn_id: Option<String>,
     /// When the intent was recorded.
     pub minted_at: Time,
     /// When T3 accepted it.
@@ -300,7 +304,12 @@ pub struct Effects {
     /// The final checklist state was written.
     #[serde(default)]
     pub comment: bool,
-    /// The terminal notification was delivered (or gave up after bounded retries).
+    /// When the terminal notification was about to be sent (the recorded intent): a run whose
+    /// intent is set but not `notification` rings again after a crash (at least once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_intent_at: Option<Time>,
+    /// The terminal notification was delivered (or gave up after bounded retries, with a
+    /// Warning Event).
     #[serde(default)]
     pub notification: bool,
     /// The turn was interrupted.

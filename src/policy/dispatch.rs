@@ -204,7 +204,7 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::RepoBusy { run } => write!(f, "repo busy: afkrun {run}"),
             SkipReason::MaxInFlight(n) => write!(f, "max in flight ({n})"),
-            SkipReason::FactsUnavailable(why) => write!(f, "could not check the gates: {why}"),
+            SkipReason::FactsUnavailable(why) => write!(f, "github unavailable: {why}"),
         }
     }
 }
@@ -958,10 +958,7 @@ mod tests {
         i.facts_error = Some("dependency lookup failed".into());
         let d = decide_with(&s, &[i], &[]);
         assert!(d.create.is_empty());
-        assert_eq!(
-            reason_of(&d, 3),
-            "could not check the gates: dependency lookup failed"
-        );
+        assert_eq!(reason_of(&d, 3), "github unavailable: dependency lookup failed");
     }
 
     #[test]

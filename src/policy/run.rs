@@ -80,6 +80,8 @@ impl SessionStatus {
 /// `latestTurn` of the thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TurnView {
+    /// T3's turn id (`None` when T3 did not say).
+    pub turn_id: Option<String>,
     /// Its state.
     pub state: TurnState,
     /// `requestedAt` (T3's receipt time of the turn start).
@@ -125,8 +127,6 @@ pub struct Budgets {
     pub stall_timeout: Duration,
     /// Time a finished turn gets for its push to show up.
     pub pre_escalation_grace: Duration,
-    /// Spend cap in USD.
-    pub max_cost_usd: f64,
 }
 
 /// Everything the decision reads about one run, at one instant.
@@ -144,6 +144,8 @@ pub struct RunObservation {
     pub last_turn_sent_at: Option<Timestamp>,
     /// The commit the latest corrective turn reacted to (none after the opening turn).
     pub last_turn_commit: Option<String>,
+    /// The turn that was latest when the latest turn was sent: it is never the one we wait for.
+    pub previous_turn_id: Option<String>,
     /// The thread.
     pub thread: ThreadObservation,
     /// The newest commit belonging to the run.
@@ -154,8 +156,6 @@ pub struct RunObservation {
     pub fix_forward_attempts: u32,
     /// When CI first went red for this run.
     pub first_red_at: Option<Timestamp>,
-    /// Cost reported by the executor.
-    pub cost_usd: Option<f64>,
     /// The limits.
     pub budgets: Budgets,
     /// Now.
@@ -263,8 +263,10 @@ fn finished_turn(obs: &RunObservation) -> Option<(&'static str, &'static str, Op
     let sent = obs.last_turn_sent_at?;
     let skew = SignedDuration::try_from(CLOCK_SKEW_TOLERANCE).unwrap_or(SignedDuration::ZERO);
     let ours = |t: &TurnView| {
-        t.requested_at
-            .is_some_and(|r| r >= sent.checked_sub(skew).unwrap_or(sent))
+        let previous = t.turn_id.is_some() && t.turn_id == obs.previous_turn_id;
+        !previous
+            && t.requested_at
+                .is_some_and(|r| r >= sent.checked_sub(skew).unwrap_or(sent))
     };
     let session_busy = matches!(
         view.session,
@@ -315,7 +317,57 @@ fn finished_turn(obs: &RunObservation) -> Option<(&'static str, &'static str, Op
     }
 }
 
-/// The decision table. Total: every observation maps to exactly one decision.
+/// Where the latest turn (opening or corrective) stands, as far as the decision needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TurnProgress {
+    /// The executor could not be asked: nothing may be judged on its account.
+    Unknown,
+    /// The turn runs (or T3 has not shown it yet), since `sent`.
+    Running {
+        /// When T3 accepted the turn start.
+        sent: Timestamp,
+    },
+    /// The turn ended, but whatever it pushed may not be visible yet (within
+    /// `preEscalationGrace`, and nothing new was pushed since it was sent).
+    AwaitingPush {
+        /// How it ended, for the message.
+        message: &'static str,
+    },
+    /// The turn ended and its outcome is visible: judge it.
+    Settled {
+        /// CamelCase reason of the ending (for a run that pushed nothing).
+        reason: &'static str,
+        /// Human detail.
+        message: &'static str,
+    },
+}
+
+/// The latest turn's progress. A turn counts as running until T3 shows it finished; a finished
+/// turn counts as awaiting its push for `preEscalationGrace` unless a commit newer than the one it
+/// reacted to is already visible.
+fn turn_progress(obs: &RunObservation) -> TurnProgress {
+    let Some(sent) = obs.last_turn_sent_at else {
+        return TurnProgress::Settled {
+            reason: "NotDispatched",
+            message: "nothing was dispatched",
+        };
+    };
+    if !matches!(obs.thread, ThreadObservation::Seen(_)) {
+        return TurnProgress::Unknown;
+    }
+    let Some((reason, message, finished_at)) = finished_turn(obs) else {
+        return TurnProgress::Running { sent };
+    };
+    let pushed_since_sent = obs.commit.is_some() && obs.commit != obs.last_turn_commit;
+    let graced = finished_at.is_some_and(|t| elapsed(t, obs.now) >= obs.budgets.pre_escalation_grace);
+    if !pushed_since_sent && !graced {
+        return TurnProgress::AwaitingPush { message };
+    }
+    TurnProgress::Settled { reason, message }
+}
+
+/// The decision table (SPEC §3.1). Total: every observation maps to exactly one decision, and
+/// the rows are tried in the specification's order — first match wins.
 pub fn decide(obs: &RunObservation) -> RunDecision {
     use Phase::*;
     if obs.phase.is_terminal() {
@@ -324,7 +376,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
     let dispatched = obs.last_turn_sent_at.is_some();
     let thread_exists = !matches!(obs.thread, ThreadObservation::NotDispatched);
 
-    // 1. Cancel or emergency stop.
+    // Row 1: cancel or emergency stop.
     if obs.emergency_stop {
         return decision(
             RunAction::Finish {
@@ -353,7 +405,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
                 RunAction::Wait,
                 obs.phase,
                 "Suspended",
-                "the AfkConfig is suspended; not dispatching",
+                "the AfkConfig is suspended; waiting to dispatch until it is armed",
             );
         }
         return decision(
@@ -364,32 +416,23 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
         );
     }
 
-    if let Some(commit) = &obs.commit {
-        let short = &commit[..commit.len().min(7)];
-        match obs.ci {
-            // 2. Pushed and green through every configured stage.
-            Some(CiVerdict::Green) => {
-                return decision(
-                    RunAction::Finish { interrupt: false },
-                    Succeeded,
-                    "Succeeded",
-                    format!("{short} is green and rolled out"),
-                );
-            }
-            Some(CiVerdict::Red) => return red(obs, commit),
-            // 5. Pending.
-            Some(CiVerdict::Pending) | None => {
-                return decision(
-                    RunAction::Wait,
-                    Verifying,
-                    "Verifying",
-                    format!("waiting for CI on {short}"),
-                );
-            }
-        }
+    let progress = turn_progress(obs);
+    let short = obs.commit.as_deref().map(|c| &c[..c.len().min(7)]);
+
+    // Row 2: pushed and green through every configured stage (a turn still running is
+    // interrupted: the work is done).
+    if let (Some(short), Some(CiVerdict::Green)) = (short, obs.ci) {
+        return decision(
+            RunAction::Finish {
+                interrupt: matches!(progress, TurnProgress::Running { .. }),
+            },
+            Succeeded,
+            "Succeeded",
+            format!("{short} is green and rolled out"),
+        );
     }
 
-    // Not pushed.
+    // Row 3: the agent waits on an approval or an answer.
     if let ThreadObservation::Seen(view) = &obs.thread
         && (view.pending_approval || view.pending_user_input)
     {
@@ -400,50 +443,82 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             "the agent is waiting for an approval or an answer",
         );
     }
-    if let Some((reason, message, finished_at)) = finished_turn(obs) {
-        let graced = finished_at.is_some_and(|t| elapsed(t, obs.now) >= obs.budgets.pre_escalation_grace);
-        if graced {
+
+    // Rows 4–5: a turn is running. Never send a turn into it (T3 steers a running turn) and
+    // never judge budgets while it runs: whatever it pushes is judged once it ends.
+    let corrective = obs.last_turn_commit.is_some();
+    let (waiting_phase, waiting_reason) = match (corrective, short, obs.ci) {
+        (true, _, _) => (FixingForward, "FixingForward"),
+        (false, Some(_), _) => (Verifying, "Verifying"),
+        (false, None, _) => (Working, "Working"),
+    };
+    match progress {
+        TurnProgress::Running { sent } => {
+            if elapsed(sent, obs.now) >= obs.budgets.stall_timeout {
+                return decision(
+                    RunAction::Finish { interrupt: true },
+                    NeedsHuman,
+                    "Stalled",
+                    "the agent's turn ran past the stall timeout",
+                );
+            }
+            let message = match (short, obs.ci) {
+                (Some(short), Some(CiVerdict::Red)) => {
+                    format!("{short} is red; waiting for the agent's turn to end before judging it")
+                }
+                (Some(short), _) => format!("waiting for CI on {short} while the agent works"),
+                (None, _) if corrective => "the agent is fixing forward".to_string(),
+                (None, _) => "the agent is working".to_string(),
+            };
+            return decision(RunAction::Wait, waiting_phase, waiting_reason, message);
+        }
+        TurnProgress::AwaitingPush { message } => {
             return decision(
-                RunAction::Finish { interrupt: false },
-                NeedsHuman,
-                reason,
-                message,
+                RunAction::Wait,
+                waiting_phase,
+                "AwaitingPush",
+                format!("{message}; waiting for its push to show up"),
             );
         }
-        return decision(
-            RunAction::Wait,
-            Working,
-            "AwaitingPush",
-            format!("{message}; waiting for the push to show up"),
-        );
+        TurnProgress::Unknown => {
+            return decision(
+                RunAction::Wait,
+                obs.phase,
+                "ExecutorUnknown",
+                "the executor's view of the thread is not available; waiting",
+            );
+        }
+        TurnProgress::Settled { .. } => {}
     }
-    // The stall timer needs a thread we can see: an unreachable executor is waited out.
-    if let (Some(sent), ThreadObservation::Seen(_)) = (obs.last_turn_sent_at, &obs.thread)
-        && elapsed(sent, obs.now) >= obs.budgets.stall_timeout
-    {
+
+    if let Some(commit) = &obs.commit {
+        let short = &commit[..commit.len().min(7)];
+        return match obs.ci {
+            // Rows 6–7.
+            Some(CiVerdict::Red) => red(obs, commit),
+            // Row 8: pending (green was decided by row 2).
+            _ => decision(
+                RunAction::Wait,
+                Verifying,
+                "Verifying",
+                format!("waiting for CI on {short}"),
+            ),
+        };
+    }
+
+    // Row 9: not pushed and the turn ended (past the grace).
+    if let TurnProgress::Settled { reason, message } = progress {
         return decision(
-            RunAction::Finish { interrupt: true },
+            RunAction::Finish { interrupt: false },
             NeedsHuman,
-            "Stalled",
-            "the agent worked past the stall timeout without pushing",
-        );
-    }
-    if over_cost(obs) {
-        return decision(
-            RunAction::Finish { interrupt: true },
-            Frozen,
-            "BudgetExhausted",
-            "the run's cost reached maxBudgetUsd",
+            reason,
+            message,
         );
     }
     decision(RunAction::Wait, Working, "Working", "the agent is working")
 }
 
-fn over_cost(obs: &RunObservation) -> bool {
-    obs.cost_usd.is_some_and(|c| c >= obs.budgets.max_cost_usd)
-}
-
-/// Rows 3–4 (and the cost cap) for a pushed commit with a red verdict.
+/// Rows 6–7 for a pushed commit with a red verdict, once no turn runs.
 fn red(obs: &RunObservation, commit: &str) -> RunDecision {
     use Phase::*;
     let short = &commit[..commit.len().min(7)];
@@ -456,80 +531,40 @@ fn red(obs: &RunObservation, commit: &str) -> RunDecision {
         obs.budgets.max_attempts,
         obs.budgets.max_duration,
     ) {
-        BudgetState::AttemptsExhausted => {
-            return decision(
-                RunAction::Finish { interrupt: false },
-                Frozen,
-                "FixForwardBudgetExhausted",
-                format!(
-                    "{short} is red after {} fix-forward attempts",
-                    obs.fix_forward_attempts
-                ),
-            );
-        }
-        BudgetState::TimeExhausted => {
-            return decision(
-                RunAction::Finish { interrupt: false },
-                Frozen,
-                "FixForwardBudgetExhausted",
-                format!("{short} is red and the fix-forward time budget is spent"),
-            );
-        }
-        BudgetState::Remaining { .. } => {}
-    }
-    // Spending more on a corrective turn would pass the cost cap: freeze instead.
-    if over_cost(obs) {
-        return decision(
+        BudgetState::AttemptsExhausted => decision(
             RunAction::Finish { interrupt: false },
             Frozen,
-            "BudgetExhausted",
-            "the run's cost reached maxBudgetUsd",
-        );
-    }
-    if obs.suspended {
-        return decision(
+            "FixForwardBudgetExhausted",
+            format!(
+                "{short} is red after {} fix-forward attempts",
+                obs.fix_forward_attempts
+            ),
+        ),
+        BudgetState::TimeExhausted => decision(
+            RunAction::Finish { interrupt: false },
+            Frozen,
+            "FixForwardBudgetExhausted",
+            format!("{short} is red and the fix-forward time budget is spent"),
+        ),
+        BudgetState::Remaining { .. } if obs.suspended => decision(
             RunAction::Wait,
             Verifying,
             "Suspended",
             format!("{short} is red; no fix-forward while suspended"),
-        );
-    }
-    // A corrective turn for this very commit is still being worked on (or just finished and its
-    // push may not be visible yet): wait for it rather than sending another.
-    if obs.last_turn_commit.as_deref() == Some(commit) {
-        match finished_turn(obs) {
-            None => {
-                return decision(
-                    RunAction::Wait,
-                    FixingForward,
-                    "FixingForward",
-                    format!("the agent is fixing {short}"),
-                );
-            }
-            Some((_, _, finished_at)) => {
-                let graced =
-                    finished_at.is_some_and(|t| elapsed(t, obs.now) >= obs.budgets.pre_escalation_grace);
-                if !graced {
-                    return decision(
-                        RunAction::Wait,
-                        FixingForward,
-                        "AwaitingPush",
-                        format!("waiting for a fix of {short} to show up"),
-                    );
-                }
-            }
+        ),
+        BudgetState::Remaining { .. } => {
+            let attempt = obs.fix_forward_attempts + 1;
+            decision(
+                RunAction::SendCorrectiveTurn { attempt },
+                FixingForward,
+                "FixingForward",
+                format!(
+                    "{short} is red; sending fix-forward attempt {attempt} of {}",
+                    obs.budgets.max_attempts
+                ),
+            )
         }
     }
-    let attempt = obs.fix_forward_attempts + 1;
-    decision(
-        RunAction::SendCorrectiveTurn { attempt },
-        FixingForward,
-        "FixingForward",
-        format!(
-            "{short} is red; sending fix-forward attempt {attempt} of {}",
-            obs.budgets.max_attempts
-        ),
-    )
 }
 
 #[cfg(test)]
@@ -549,13 +584,13 @@ mod tests {
             max_duration: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(3 * 3600),
             pre_escalation_grace: Duration::from_secs(120),
-            max_cost_usd: 100.0,
         }
     }
 
     fn running_view() -> ThreadView {
         ThreadView {
             latest_turn: Some(TurnView {
+                turn_id: None,
                 state: TurnState::Running,
                 requested_at: Some(t(1)),
                 completed_at: None,
@@ -576,22 +611,25 @@ mod tests {
             suspended: false,
             last_turn_sent_at: Some(t(0)),
             last_turn_commit: None,
+            previous_turn_id: None,
             thread: ThreadObservation::Seen(running_view()),
             commit: None,
             ci: None,
             fix_forward_attempts: 0,
             first_red_at: None,
-            cost_usd: None,
             budgets: budgets(),
             now: t(600),
         }
     }
 
+    /// Pushed, and the opening turn has ended (at t=550, so still within the grace at t=600:
+    /// the push is visible, so it is judged at once).
     fn pushed(ci: CiVerdict) -> RunObservation {
         RunObservation {
             phase: Phase::Verifying,
             commit: Some(SHA.into()),
             ci: Some(ci),
+            thread: finished_view(TurnState::Completed, 550),
             ..working()
         }
     }
@@ -599,6 +637,7 @@ mod tests {
     fn finished_view(state: TurnState, completed: i64) -> ThreadObservation {
         ThreadObservation::Seen(ThreadView {
             latest_turn: Some(TurnView {
+                turn_id: None,
                 state,
                 requested_at: Some(t(1)),
                 completed_at: Some(t(completed)),
@@ -767,24 +806,128 @@ mod tests {
     }
 
     #[test]
-    fn red_while_suspended_waits_and_cost_cap_freezes() {
+    fn red_while_suspended_waits() {
         let obs = RunObservation {
             suspended: true,
             first_red_at: Some(t(500)),
             ..pushed(CiVerdict::Red)
         };
         assert_eq!(row(&obs), (RunAction::Wait, Phase::Verifying, "Suspended"));
+    }
+
+    #[test]
+    fn the_turn_before_is_never_mistaken_for_the_one_just_sent() {
+        // Corrective turn sent at t=590; T3 (or a cached shell) still shows the opening turn,
+        // completed at t=580 — within the clock-skew tolerance, but it is the turn before.
         let obs = RunObservation {
-            cost_usd: Some(100.0),
+            fix_forward_attempts: 1,
             first_red_at: Some(t(500)),
+            last_turn_commit: Some(SHA.into()),
+            last_turn_sent_at: Some(t(590)),
+            previous_turn_id: Some("turn-1".into()),
+            commit: Some("f00d000".into()),
+            thread: ThreadObservation::Seen(ThreadView {
+                latest_turn: Some(TurnView {
+                    turn_id: Some("turn-1".into()),
+                    state: TurnState::Completed,
+                    requested_at: Some(t(570)),
+                    completed_at: Some(t(580)),
+                }),
+                session: Some(SessionStatus::Ready),
+                ..running_view()
+            }),
             ..pushed(CiVerdict::Red)
         };
         assert_eq!(
             row(&obs),
+            (RunAction::Wait, Phase::FixingForward, "FixingForward"),
+            "no freeze on the strength of the previous turn"
+        );
+    }
+
+    #[test]
+    fn a_running_turn_is_never_judged() {
+        // Red with the budget spent, but the agent's (opening) turn still runs: wait for it.
+        let obs = RunObservation {
+            fix_forward_attempts: 5,
+            first_red_at: Some(t(-5000)),
+            thread: ThreadObservation::Seen(running_view()),
+            ..pushed(CiVerdict::Red)
+        };
+        assert_eq!(row(&obs), (RunAction::Wait, Phase::Verifying, "Verifying"));
+        // Green is decided even while the turn runs, and the turn is interrupted.
+        let green = RunObservation {
+            thread: ThreadObservation::Seen(running_view()),
+            ..pushed(CiVerdict::Green)
+        };
+        assert_eq!(
+            row(&green),
+            (
+                RunAction::Finish { interrupt: true },
+                Phase::Succeeded,
+                "Succeeded"
+            )
+        );
+        // T3 not answering: nothing is judged on its account.
+        let unknown = RunObservation {
+            thread: ThreadObservation::Unknown,
+            ..obs
+        };
+        assert_eq!(row(&unknown).0, RunAction::Wait);
+    }
+
+    #[test]
+    fn the_last_corrective_turn_is_judged_not_discarded() {
+        // Attempt 5 of 5 was sent at t=200 for SHA; it is still running at t=600.
+        let base = RunObservation {
+            fix_forward_attempts: 5,
+            first_red_at: Some(t(100)),
+            last_turn_commit: Some(SHA.into()),
+            last_turn_sent_at: Some(t(200)),
+            thread: ThreadObservation::Seen(ThreadView {
+                latest_turn: Some(TurnView {
+                    turn_id: None,
+                    state: TurnState::Running,
+                    requested_at: Some(t(201)),
+                    completed_at: None,
+                }),
+                ..running_view()
+            }),
+            ..pushed(CiVerdict::Red)
+        };
+        assert_eq!(
+            row(&base),
+            (RunAction::Wait, Phase::FixingForward, "FixingForward"),
+            "no freeze while the last corrective turn runs"
+        );
+        // It pushes a fix that goes green: success, not a freeze.
+        let fixed = RunObservation {
+            commit: Some("f1f1f1f1f1f1f1".into()),
+            ci: Some(CiVerdict::Green),
+            ..base.clone()
+        };
+        assert_eq!(row(&fixed).1, Phase::Succeeded);
+        // It pushes a fix that is red and the turn ends: now the budget is judged.
+        let still_red = RunObservation {
+            commit: Some("f1f1f1f1f1f1f1".into()),
+            thread: ThreadObservation::Seen(ThreadView {
+                latest_turn: Some(TurnView {
+                    turn_id: None,
+                    state: TurnState::Completed,
+                    requested_at: Some(t(201)),
+                    completed_at: Some(t(590)),
+                }),
+                session: Some(SessionStatus::Ready),
+                ..running_view()
+            }),
+            ..base
+        };
+        assert_eq!(
+            row(&still_red),
             (
                 RunAction::Finish { interrupt: false },
                 Phase::Frozen,
-                "BudgetExhausted"
+                "FixForwardBudgetExhausted"
             )
         );
     }
@@ -801,6 +944,7 @@ mod tests {
         let running = RunObservation {
             thread: ThreadObservation::Seen(ThreadView {
                 latest_turn: Some(TurnView {
+                    turn_id: None,
                     state: TurnState::Running,
                     requested_at: Some(t(201)),
                     completed_at: None,
@@ -816,6 +960,7 @@ mod tests {
         let finished_recently = RunObservation {
             thread: ThreadObservation::Seen(ThreadView {
                 latest_turn: Some(TurnView {
+                    turn_id: None,
                     state: TurnState::Completed,
                     requested_at: Some(t(201)),
                     completed_at: Some(t(550)),
@@ -912,6 +1057,7 @@ mod tests {
         // An older turn still shown as latest counts as unchanged.
         let old_turn = ThreadView {
             latest_turn: Some(TurnView {
+                turn_id: None,
                 state: TurnState::Completed,
                 requested_at: Some(t(-10_000)),
                 completed_at: Some(t(-9_000)),
@@ -930,6 +1076,7 @@ mod tests {
         let obs = RunObservation {
             thread: ThreadObservation::Seen(ThreadView {
                 latest_turn: Some(TurnView {
+                    turn_id: None,
                     state: TurnState::Completed,
                     requested_at: Some(t(-10_000)),
                     completed_at: Some(t(-9_000)),
@@ -947,6 +1094,7 @@ mod tests {
         let obs = RunObservation {
             thread: ThreadObservation::Seen(ThreadView {
                 latest_turn: Some(TurnView {
+                    turn_id: None,
                     state: TurnState::Completed,
                     requested_at: Some(t(1)),
                     completed_at: Some(t(2)),
@@ -985,26 +1133,11 @@ mod tests {
     }
 
     #[test]
-    fn cost_cap_freezes_an_unpushed_run() {
-        let obs = RunObservation {
-            cost_usd: Some(150.0),
-            ..working()
-        };
-        assert_eq!(
-            row(&obs),
-            (
-                RunAction::Finish { interrupt: true },
-                Phase::Frozen,
-                "BudgetExhausted"
-            )
-        );
-    }
-
-    #[test]
     fn unknown_states_wait() {
         let obs = RunObservation {
             thread: ThreadObservation::Seen(ThreadView {
                 latest_turn: Some(TurnView {
+                    turn_id: None,
                     state: TurnState::parse("recovering"),
                     requested_at: Some(t(1)),
                     completed_at: None,
@@ -1076,6 +1209,7 @@ mod tests {
                 proptest::option::of(-5000i64..5000),
             )
                 .prop_map(|(s, r, c)| TurnView {
+                    turn_id: Some(format!("turn-{}", s % 2 + 1)),
                     state: [
                         TurnState::Running,
                         TurnState::Completed,
@@ -1133,25 +1267,27 @@ mod tests {
             sent in proptest::option::of(-20_000i64..1000), thread in arb_thread(),
             commit in proptest::option::of(Just(SHA.to_string())),
             ci in proptest::option::of(prop_oneof![Just(CiVerdict::Pending), Just(CiVerdict::Green), Just(CiVerdict::Red)]),
-            attempts in 0u32..8, first_red in proptest::option::of(-10_000i64..1000), cost in proptest::option::of(0f64..200.0),
+            attempts in 0u32..8, first_red in proptest::option::of(-10_000i64..1000),
+            last_commit in proptest::option::of(prop_oneof![Just(SHA.to_string()), Just("0ther000".to_string())]),
+            prev in proptest::option::of(prop_oneof![Just("turn-1".to_string()), Just("turn-2".to_string())]),
             now in -1000i64..20_000,
         ) {
             let obs = RunObservation {
                 phase, cancel_requested: cancel, emergency_stop: stop, suspended,
-                last_turn_sent_at: sent.map(t), last_turn_commit: None, thread, commit, ci,
-                fix_forward_attempts: attempts, first_red_at: first_red.map(t), cost_usd: cost,
+                last_turn_sent_at: sent.map(t), last_turn_commit: last_commit, previous_turn_id: prev, thread, commit, ci,
+                fix_forward_attempts: attempts, first_red_at: first_red.map(t),
                 budgets: budgets(), now: t(now),
             };
             let d = decide(&obs);
             if phase.is_terminal() {
-                prop_assert_eq!(d.action, RunAction::Settled);
+                prop_assert_eq!(&d.action, &RunAction::Settled);
                 prop_assert_eq!(d.phase, phase);
             } else {
-                match d.action {
+                match &d.action {
                     RunAction::Finish { .. } => prop_assert!(d.phase.is_terminal()),
                     RunAction::Settled => prop_assert!(false, "settled for a live run"),
                     RunAction::SendCorrectiveTurn { attempt } => {
-                        prop_assert!(attempt <= obs.budgets.max_attempts);
+                        prop_assert!(*attempt <= obs.budgets.max_attempts);
                         prop_assert!(!suspended && !cancel && !stop);
                         prop_assert!(!d.phase.is_terminal());
                     }
@@ -1163,6 +1299,18 @@ mod tests {
                 }
             }
             prop_assert!(!d.reason.is_empty());
+            prop_assert!(!d.message.is_empty());
+            // A sent turn is always judged after it ends: no corrective turn is sent into a
+            // running turn, and no budget freezes a run while a turn runs or its push may still
+            // be on its way.
+            let judging = matches!(d.action, RunAction::SendCorrectiveTurn { .. })
+                || (d.phase == Phase::Frozen && !phase.is_terminal());
+            if judging {
+                prop_assert!(
+                    matches!(turn_progress(&obs), TurnProgress::Settled { .. }),
+                    "judged while the turn is {:?}: {:?}", turn_progress(&obs), d
+                );
+            }
         }
     }
 }

@@ -79,6 +79,8 @@ enum Receipt {
 #[derive(Debug)]
 pub struct T3State {
     tokens: BTreeMap<String, bool>,
+    /// `expiresAt` per token (RFC 3339); tokens without one expire 30 days after the start.
+    token_expiry: BTreeMap<String, String>,
     existing_dirs: BTreeSet<String>,
     projects: BTreeMap<String, Project>,
     threads: BTreeMap<String, Thread>,
@@ -134,6 +136,7 @@ impl FakeT3 {
     pub async fn start(token: &str) -> Self {
         let state = Arc::new(Mutex::new(T3State {
             tokens: BTreeMap::from([(token.to_string(), true)]),
+            token_expiry: BTreeMap::new(),
             existing_dirs: BTreeSet::new(),
             projects: BTreeMap::new(),
             threads: BTreeMap::new(),
@@ -147,6 +150,7 @@ impl FakeT3 {
         }));
         let router = Router::new()
             .route("/.well-known/t3/environment", get(environment))
+            .route("/api/auth/session", get(auth_session))
             .route("/api/orchestration/shell", get(shell))
             .route("/api/orchestration/threads/{id}", get(thread_detail))
             .route("/api/orchestration/dispatch", post(dispatch))
@@ -175,6 +179,11 @@ impl FakeT3 {
     /// Revoke a token.
     pub fn revoke_token(&self, token: &str) {
         self.with(|s| s.tokens.remove(token));
+    }
+
+    /// Set when a token expires (RFC 3339), as `/api/auth/session` reports it.
+    pub fn set_token_expiry(&self, token: &str, expires_at: &str) {
+        self.with(|s| s.token_expiry.insert(token.to_string(), expires_at.to_string()));
     }
 
     /// Declare a directory that exists on the T3 host.
@@ -316,6 +325,50 @@ fn authorize(s: &T3State, headers: &HeaderMap, operate: bool) -> Result<(), Resp
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// `GET /api/auth/session`: always 200 (contract §2); `authenticated: false` for a missing,
+/// bad, expired or revoked token, else the granted scopes and `expiresAt`.
+async fn auth_session(
+    State(state): State<Arc<Mutex<T3State>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().expect("t3 state");
+    s.requests.push(record(&method, &uri, &headers, ""));
+    let auth = json!({"policy": "remote-reachable", "bootstrapMethods": ["one-time-token"],
+                      "sessionMethods": ["browser-session-cookie", "bearer-session-token"],
+                      "sessionCookieName": "t3_session"});
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some(operate) = s.tokens.get(token).copied() else {
+        return tagged(StatusCode::OK, json!({"authenticated": false, "auth": auth}));
+    };
+    let expires_at = s.token_expiry.get(token).cloned().unwrap_or_else(|| {
+        jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_hours(24 * 30))
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    });
+    let expired = expires_at
+        .parse::<jiff::Timestamp>()
+        .is_ok_and(|t| t <= jiff::Timestamp::now());
+    if expired {
+        return tagged(StatusCode::OK, json!({"authenticated": false, "auth": auth}));
+    }
+    let mut scopes = vec!["orchestration:read"];
+    if operate {
+        scopes.push("orchestration:operate");
+    }
+    tagged(
+        StatusCode::OK,
+        json!({"authenticated": true, "auth": auth, "scopes": scopes,
+               "sessionMethod": "bearer-access-token", "expiresAt": expires_at}),
+    )
 }
 
 async fn environment(

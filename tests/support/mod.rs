@@ -53,6 +53,7 @@ pub fn fast_settings() -> Settings {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(10),
         },
+        config_trigger_window: Duration::from_millis(200),
     }
 }
 
@@ -167,6 +168,42 @@ impl World {
         );
     }
 
+    /// A trusted human re-applies the ready label to an existing issue (a new `labeled` event;
+    /// the issue's other labels and comments stay).
+    pub fn relabel(&self, number: u64, labeler: &str) {
+        self.gh.repo(REPO, |r| {
+            let issue = r.issues.get_mut(&number).unwrap();
+            if !issue.labels.iter().any(|l| l == "ready-for-agent") {
+                issue.labels.push("ready-for-agent".into());
+            }
+            issue.events.push(afk_testkit::github::FakeEvent {
+                event: "labeled".into(),
+                label: Some("ready-for-agent".into()),
+                actor: labeler.into(),
+                actor_type: "User".into(),
+                created_at: jiff::Timestamp::now().to_string(),
+            });
+        });
+    }
+
+    /// Ask for a poll of the AfkConfig and wait until one finished (its `lastPollTime` moved).
+    pub async fn poll_now(&self) {
+        let polled = |w: &World| w.config_obj()["status"]["lastPollTime"].clone();
+        let before = polled(self);
+        for _ in 0..240 {
+            let _ = self.trigger.send(afk_operator::controller::Trigger::Config(
+                kube::runtime::reflector::ObjectRef::new("team").within(NS),
+            ));
+            for _ in 0..10 {
+                if polled(self) != before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        panic!("no poll finished within 60 s");
+    }
+
     /// Start (or restart) the controllers in process with a fresh context.
     pub fn start(&mut self) {
         self.stop_controllers();
@@ -272,6 +309,28 @@ impl World {
             });
             s.mark_deployment_rolled_out("app", "app");
         });
+    }
+
+    /// The agent ends its current turn normally (as T3 shows it: turn completed, session ready).
+    pub fn end_turn(&self, run: &str) {
+        self.t3.finish_turn(&self.thread_id(run), "completed", "ready");
+    }
+
+    /// How many times the operator has asked T3 for the shell (each run reconcile asks once).
+    pub fn shell_polls(&self) -> usize {
+        self.t3.with(|s| {
+            s.requests
+                .iter()
+                .filter(|r| r.path.starts_with("/api/orchestration/shell"))
+                .count()
+        })
+    }
+
+    /// Wait until the operator has looked at the thread `n` more times (reconciles happened).
+    pub async fn wait_reconciles(&self, n: usize) {
+        let start = self.shell_polls();
+        self.wait_for(&format!("{n} more shell polls"), |w| w.shell_polls() >= start + n)
+            .await;
     }
 
     pub fn thread_id(&self, run: &str) -> String {
