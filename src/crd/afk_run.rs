@@ -116,6 +116,9 @@ pub enum Phase {
     Dispatching,
     /// The agent is working; no commit pushed yet.
     Working,
+    /// The agent waits on a person: an approval or an answer to its question (`status.question`).
+    /// Not terminal: the run goes back to `Working` once answered.
+    WaitingForHuman,
     /// A commit was pushed; CI, deploy and rollout are being watched.
     Verifying,
     /// CI went red; a corrective turn was sent on the same thread.
@@ -133,6 +136,22 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in lifecycle order: the one vocabulary that metrics, Argo CD health checks
+    /// (`deploy/argocd/health-afkrun.lua`) and docs are checked against.
+    pub const ALL: [Phase; 11] = [
+        Phase::Pending,
+        Phase::Dispatching,
+        Phase::Working,
+        Phase::WaitingForHuman,
+        Phase::Verifying,
+        Phase::FixingForward,
+        Phase::Succeeded,
+        Phase::NeedsHuman,
+        Phase::Frozen,
+        Phase::Cancelled,
+        Phase::Failed,
+    ];
+
     /// Whether the phase is final.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -147,6 +166,7 @@ impl Phase {
             Phase::Pending => "Pending",
             Phase::Dispatching => "Dispatching",
             Phase::Working => "Working",
+            Phase::WaitingForHuman => "WaitingForHuman",
             Phase::Verifying => "Verifying",
             Phase::FixingForward => "FixingForward",
             Phase::Succeeded => "Succeeded",

@@ -29,6 +29,10 @@ pub mod reasons {
     pub const EMPTY_ALLOWLIST: &str = "EmptyAllowlist";
     /// The `afk.dev/emergency-stop` annotation is present.
     pub const EMERGENCY_STOP: &str = "EmergencyStop";
+    /// The `Armed=False` reasons that mean the loop is disarmed on purpose (the controller copies
+    /// them to `Ready=False`). Any other `Ready=False` reason is a fault: Argo CD shows
+    /// `Suspended` for these and `Degraded` for the rest (`deploy/argocd/health-afkconfig.lua`).
+    pub const DISARMED: [&str; 3] = [SUSPENDED, EMPTY_ALLOWLIST, EMERGENCY_STOP];
     /// Everything needed to dispatch is in place.
     pub const ARMED: &str = "Armed";
     /// The spec cannot be acted on (bad duration, missing reference, …).

@@ -3,6 +3,8 @@
 //! the cluster (roll a Deployment out).
 #![allow(dead_code)]
 
+pub mod argo;
+
 use std::{sync::Arc, time::Duration};
 
 use afk_operator::{
