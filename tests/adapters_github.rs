@@ -308,9 +308,59 @@ async fn secondary_limits_and_server_errors_are_transient() {
         (err.kind, err.retry_after),
         ("secondary_rate_limit", Some(Duration::from_secs(7)))
     );
+    // A fresh client (the one above now holds back for 7 s, see the next test).
+    let c = client(&fake, fast());
     let err = c.add_labels("acme/app", 1, &["x".into()]).await.unwrap_err();
     assert!(err.is_transient());
     c.add_labels("acme/app", 1, &["x".into()]).await.unwrap();
+}
+
+/// SPEC §3.2: a `retry-after` on one request gates every later request of the client until it
+/// passes — nothing goes out during the back-off window, whichever endpoint is asked.
+#[tokio::test]
+async fn a_retry_after_holds_back_every_later_request() {
+    let fake = fake_with_issues(1).await;
+    let c = client(&fake, fast());
+    fake.with(|s| {
+        s.faults.push(GhFault {
+            path_prefix: "/repos/acme/app/issues/1/events".into(),
+            status: 403,
+            headers: vec![("retry-after", "2".into())],
+            body: r#"{"message":"You have exceeded a secondary rate limit"}"#.into(),
+            remaining: 1,
+        });
+    });
+    let err = c.label_events("acme/app", 1).await.unwrap_err();
+    assert_eq!(err.kind, "secondary_rate_limit");
+    let sent = fake.with(|s| s.requests.len());
+    for _ in 0..3 {
+        let err = c
+            .list_labeled_issues("acme/app", "ready-for-agent")
+            .await
+            .unwrap_err();
+        assert!(err.is_transient() && err.retry_after.is_some(), "{err}");
+        let err = c.add_labels("acme/app", 1, &["x".into()]).await.unwrap_err();
+        assert_eq!(err.kind, "rate_limited");
+    }
+    assert_eq!(
+        fake.with(|s| s.requests.len()),
+        sent,
+        "no request reached GitHub during the window"
+    );
+    // Once the window has passed, requests flow again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.list_labeled_issues("acme/app", "ready-for-agent").await {
+            Ok(listing) => {
+                assert_eq!(listing.items.len(), 1);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still held back: {e}");
+                tokio::time::sleep(e.retry_after.unwrap_or(Duration::from_millis(100))).await;
+            }
+        }
+    }
 }
 
 #[tokio::test]

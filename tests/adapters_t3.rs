@@ -452,3 +452,31 @@ async fn the_client_never_sends_a_malformed_command() {
     }
     assert_eq!(fake.dispatch_bodies().len(), before, "nothing invalid was sent");
 }
+
+/// `/api/auth/session` validates the token: always 200, `authenticated: false` for a revoked or
+/// expired token (contract §2/§3), `expiresAt` for a good one.
+#[tokio::test]
+async fn the_token_is_validated_with_the_auth_session() {
+    let fake = FakeT3::start(TOKEN).await;
+    fake.set_token_expiry(TOKEN, "2030-01-02T03:04:05Z");
+    let c = client(&fake, TOKEN);
+    let s = c.auth_session().await.unwrap();
+    assert!(s.authenticated);
+    assert_eq!(
+        s.expires_at().map(|t| t.to_string()),
+        Some("2030-01-02T03:04:05Z".to_string())
+    );
+    assert!(s.scopes.iter().any(|x| x == "orchestration:operate"));
+    let bad = client(&fake, "not-a-token").auth_session().await.unwrap();
+    assert!(!bad.authenticated && bad.expires_at().is_none());
+    fake.set_token_expiry(TOKEN, "2001-01-01T00:00:00Z");
+    assert!(!c.auth_session().await.unwrap().authenticated, "expired");
+    let sent: Vec<_> = fake.with(|s| {
+        s.requests
+            .iter()
+            .filter(|r| r.path == "/api/auth/session")
+            .map(|r| r.header("authorization").map(str::to_string))
+            .collect()
+    });
+    assert_eq!(sent[0].as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+}

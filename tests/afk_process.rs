@@ -126,11 +126,13 @@ async fn the_binary_freezes_a_run_past_its_budget() {
     let _operator = spawn_operator(&kubeconfig, free_port());
     w.wait_phase("acme-app-42-1", Phase::Working).await;
     w.push("acme-app-42-1", 1, "failure");
+    w.end_turn("acme-app-42-1");
     w.wait_for("the corrective turn", |w| {
         w.t3.applied_of("thread.turn.start").len() == 2
     })
     .await;
     w.push("acme-app-42-1", 2, "failure");
+    w.end_turn("acme-app-42-1");
     w.wait_phase("acme-app-42-1", Phase::Frozen).await;
     w.wait_for("one frozen message", |w| {
         w.ntfy_titles() == vec!["acme/app#42 frozen"]

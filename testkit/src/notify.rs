@@ -23,6 +23,9 @@ pub struct NotifyState {
     pub ntfy_token: Option<String>,
     /// Statuses to answer the next requests with, in order.
     pub fail_next: Vec<u16>,
+    /// While true, ntfy publications are held unanswered (a delivery in flight); once it turns
+    /// false they are answered 503 and not recorded, like a delivery the sender never completed.
+    pub hold: bool,
     /// Every request.
     pub requests: Vec<Recorded>,
     /// Accepted Slack payloads.
@@ -124,9 +127,19 @@ async fn ntfy(
     body: Bytes,
 ) -> Response {
     let text = String::from_utf8_lossy(&body).to_string();
-    let mut s = state.lock().expect("notify state");
     let rec = record(&method, &uri, &headers, &text);
-    s.requests.push(rec.clone());
+    let held = {
+        let mut s = state.lock().expect("notify state");
+        s.requests.push(rec.clone());
+        s.hold
+    };
+    if held {
+        while state.lock().expect("notify state").hold {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        return (StatusCode::SERVICE_UNAVAILABLE, "held").into_response();
+    }
+    let mut s = state.lock().expect("notify state");
     if let Some(r) = injected(&mut s) {
         return r;
     }
