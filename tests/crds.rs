@@ -129,7 +129,19 @@ fn crds_are_conventional() {
         match names.kind.as_str() {
             "AfkConfig" => {
                 assert_eq!(names.short_names.as_deref(), Some(&["afkc".to_string()][..]));
-                assert_eq!(columns, ["Armed", "In-Flight", "Queue", "Age"]);
+                assert_eq!(
+                    columns,
+                    [
+                        "Ready",
+                        "Armed",
+                        "In-Flight",
+                        "Queue",
+                        "Message",
+                        "Age",
+                        "Last-Poll",
+                        "T3"
+                    ]
+                );
             }
             "AfkRun" => {
                 assert_eq!(names.short_names.as_deref(), Some(&["afkr".to_string()][..]));

@@ -188,8 +188,26 @@ impl AdapterCache {
         if stale {
             let ns = config.namespace().unwrap_or_default();
             let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &ns);
+            // Every Secret is read and every problem reported at once, not one per poll.
+            let mut problems = vec![];
+            let mut unreadable = false;
             for (r, shared) in &adapters.secrets {
-                shared.set(read_secret(&api, r).await?);
+                match read_secret(&api, r).await {
+                    Ok(value) => shared.set(value),
+                    Err(SecretError::Problem(p)) => problems.push(p),
+                    Err(SecretError::Forbidden(p)) => {
+                        unreadable = true;
+                        problems.push(p);
+                    }
+                    Err(SecretError::Kube(e)) => return Err(Error::Kube(e)),
+                }
+            }
+            if !problems.is_empty() {
+                problems.dedup();
+                return Err(Error::Secrets {
+                    message: problems.join("; "),
+                    unreadable,
+                });
             }
             *adapters.loaded_at.lock().expect("loaded") = Some(Instant::now());
         }
@@ -249,22 +267,38 @@ impl AdapterCache {
     }
 }
 
-async fn read_secret(api: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Secret, Error> {
-    let secret = api
-        .get_opt(&r.name)
-        .await?
-        .ok_or_else(|| Error::Reference(format!("Secret {:?} not found", r.name)))?;
+enum SecretError {
+    /// Missing, without the key, empty or not UTF-8.
+    Problem(String),
+    /// The operator's RBAC does not allow reading it.
+    Forbidden(String),
+    /// The API server could not be asked.
+    Kube(kube::Error),
+}
+
+async fn read_secret(api: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Secret, SecretError> {
+    let secret = match api.get_opt(&r.name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(SecretError::Problem(format!("Secret {:?} not found", r.name))),
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Err(SecretError::Forbidden(format!(
+                "Secret {:?} not readable: add it to the chart's `secretNames`",
+                r.name
+            )));
+        }
+        Err(e) => return Err(SecretError::Kube(e)),
+    };
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&r.key))
         .map(|b| b.0.clone())
-        .ok_or_else(|| Error::Reference(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
+        .ok_or_else(|| SecretError::Problem(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
     let text = String::from_utf8(bytes)
-        .map_err(|_| Error::Reference(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
+        .map_err(|_| SecretError::Problem(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(Error::Reference(format!(
+        return Err(SecretError::Problem(format!(
             "Secret {:?} key {:?} is empty",
             r.name, r.key
         )));

@@ -13,9 +13,11 @@ use kube::{
     runtime::controller::Action,
 };
 
+use kube::runtime::events::{Event, EventType};
+
 use super::{Context, Error, status::apply_status};
 use crate::{
-    adapters::github::Tracker,
+    adapters::{github::Tracker, t3::Executor},
     crd::{
         AfkConfig, AfkRun, AfkRunSpec, CONFIG_LABEL, ISSUE_LABEL, Phase, QueueEntry, REPO_LABEL,
         RateLimitStatus, RepoLockStatus,
@@ -24,6 +26,7 @@ use crate::{
     metrics,
     policy::{
         dispatch::{self, Blocker, BlockerState, Disarmed, ExistingRun, Labeler, ReadyIssue},
+        health::{self, ConditionValue, ConfigFacts, Probe},
         naming,
         parse::{IssueRef, parse_blockers},
     },
@@ -262,7 +265,88 @@ fn new_run_object(config: &AfkConfig, run: &dispatch::NewRun) -> AfkRun {
     }
 }
 
-/// The reconcile.
+/// What the authenticated probes of GitHub and T3 found this poll.
+struct Probes {
+    tracker: Probe,
+    executor: Probe,
+    token_expires_at: Option<Timestamp>,
+}
+
+/// T3: reachability from the unauthenticated environment descriptor, then the token from
+/// `/api/auth/session` (always 200; `authenticated: false` for a bad, expired or revoked token).
+async fn probe_executor(
+    executor: &dyn Executor,
+    status: &mut crate::crd::AfkConfigStatus,
+) -> (Probe, Option<Timestamp>) {
+    match executor.environment().await {
+        Ok(env) => status.executor_version = env.server_version,
+        Err(e) => return (Probe::Unreachable(e.to_string()), None),
+    }
+    match executor.auth_session().await {
+        Ok(s) if s.authenticated => (Probe::Ok, s.expires_at()),
+        Ok(_) => (
+            Probe::Unauthorized(
+                "T3 does not accept the token (authenticated: false): it is wrong, expired or revoked".into(),
+            ),
+            None,
+        ),
+        Err(e) if e.is_unauthorized() => (Probe::Unauthorized(e.to_string()), None),
+        Err(e) => (Probe::Unreachable(e.to_string()), None),
+    }
+}
+
+/// GitHub's answer to the authenticated listing, as a probe.
+fn tracker_probe(error: Option<(&str, crate::adapters::AdapterError)>) -> Probe {
+    match error {
+        None => Probe::Ok,
+        Some((repo, e)) if matches!(e.kind, "auth" | "forbidden" | "not_found") => Probe::Unauthorized(
+            format!("{repo}: {e} — check the token and its access to the repository"),
+        ),
+        Some((repo, e)) => Probe::Unreachable(format!("{repo}: {e}")),
+    }
+}
+
+/// Publish one Event per condition that changed (status or reason), Warning for abnormal
+/// values; the recorder folds repeats into a series, as kube's recorder does.
+async fn condition_events(
+    ctx: &Context,
+    config: &AfkConfig,
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    after: &[ConditionValue],
+) {
+    for c in after {
+        let changed = before
+            .iter()
+            .find(|b| b.type_ == c.type_)
+            .is_none_or(|b| b.status != c.status || b.reason != c.reason);
+        if !changed {
+            continue;
+        }
+        let event = Event {
+            type_: if c.abnormal {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.into(),
+            note: Some(
+                format!("{}={}: {}", c.type_, c.status, c.message)
+                    .chars()
+                    .take(1024)
+                    .collect(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &config.object_ref(&())).await {
+            tracing::debug!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// The reconcile, as named steps: validate the spec → runs and retention → dereference the
+/// Secrets → (armed) probe T3 and gather the gate facts from GitHub → decide and create runs →
+/// derive every condition from what was found, publish the transitions, write status.
 pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile("afkconfig");
     let ns = config.namespace().unwrap_or_default();
@@ -273,34 +357,39 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     let generation = config.metadata.generation;
     let current = config.status.clone();
     let mut status = current.clone().unwrap_or_default();
+    let previous_conditions = status.conditions.clone();
+    let spec_changed = status.observed_generation != generation;
+
+    // Validate.
+    let poll_interval = config.spec.poll_interval.to_std();
+    let invalid = poll_interval
+        .as_ref()
+        .err()
+        .map(|e| (reasons::INVALID_SPEC, format!("spec.pollInterval: {e}")));
+    let estop = config.emergency_stop();
+    let disarmed = dispatch::armed(&config.spec, estop).err().map(|d| match d {
+        Disarmed::EmergencyStop(why) => (reasons::EMERGENCY_STOP, format!("emergency stop: {why}")),
+        Disarmed::Suspended => (reasons::SUSPENDED, "spec.suspend is true".to_string()),
+        Disarmed::EmptyAllowlist => (reasons::EMPTY_ALLOWLIST, "spec.allowlist is empty".to_string()),
+    });
+
+    // Say at once that the first poll after a change is running (it may take a while).
+    if spec_changed && invalid.is_none() && disarmed.is_none() {
+        let mut early = status.clone();
+        set_condition(
+            &mut early.conditions,
+            types::RECONCILING,
+            Status::True,
+            "Polling",
+            "polling after a spec change",
+            generation,
+            &now,
+        );
+        apply_status(&configs, &config, current.as_ref(), &early).await?;
+    }
     status.observed_generation = generation;
 
-    let poll_interval = match config.spec.poll_interval.to_std() {
-        Ok(d) => d,
-        Err(e) => {
-            set_condition(
-                &mut status.conditions,
-                types::STALLED,
-                Status::True,
-                reasons::INVALID_SPEC,
-                e.to_string(),
-                generation,
-                &now,
-            );
-            set_condition(
-                &mut status.conditions,
-                types::READY,
-                Status::False,
-                reasons::INVALID_SPEC,
-                e.to_string(),
-                generation,
-                &now,
-            );
-            apply_status(&configs, &config, current.as_ref(), &status).await?;
-            return Ok(Action::await_change());
-        }
-    };
-
+    // Runs and retention.
     let mut runs = runs_of(&runs_api, &name).await?;
     for victim in retention_victims(&config, &runs) {
         match runs_api.delete(&victim, &DeleteParams::background()).await {
@@ -313,111 +402,64 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     for r in &runs {
         *by_phase.entry(r.phase().as_str()).or_default() += 1;
     }
-    for phase in [
-        "Pending",
-        "Dispatching",
-        "Working",
-        "Verifying",
-        "FixingForward",
-        "Succeeded",
-        "NeedsHuman",
-        "Frozen",
-        "Cancelled",
-        "Failed",
-    ] {
+    for phase in Phase::ALL {
         ctx.metrics
             .runs
-            .get_or_create(&metrics::Phase { phase: phase.into() })
-            .set(by_phase.get(phase).copied().unwrap_or(0));
+            .get_or_create(&metrics::Phase {
+                phase: phase.as_str().into(),
+            })
+            .set(by_phase.get(phase.as_str()).copied().unwrap_or(0));
     }
-
     let existing = existing(&runs);
-    let estop = config.emergency_stop();
-    let issues = match dispatch::armed(&config.spec, estop) {
-        Err(disarmed) => {
-            let (reason, message) = match &disarmed {
-                Disarmed::EmergencyStop(why) => (reasons::EMERGENCY_STOP, format!("emergency stop: {why}")),
-                Disarmed::Suspended => (reasons::SUSPENDED, "spec.suspend is true".to_string()),
-                Disarmed::EmptyAllowlist => (reasons::EMPTY_ALLOWLIST, "spec.allowlist is empty".to_string()),
-            };
-            set_condition(
-                &mut status.conditions,
-                types::ARMED,
-                Status::False,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            None
-        }
-        Ok(()) => {
-            set_condition(
-                &mut status.conditions,
-                types::ARMED,
-                Status::True,
-                reasons::ARMED,
-                "dispatching ready issues",
-                generation,
-                &now,
-            );
-            Some(())
+
+    // Dereference the Secrets (Kubernetes reads only: done even while disarmed, so a missing
+    // Secret shows before anyone arms the loop).
+    let mut secrets = None;
+    let adapters = if invalid.is_some() {
+        None
+    } else {
+        match ctx.adapters.for_config(&config).await {
+            Ok(a) => Some(a),
+            Err(Error::Secrets { message, unreadable }) => {
+                let reason = if unreadable {
+                    "SecretUnreadable"
+                } else {
+                    "SecretMissing"
+                };
+                secrets = Some((reason, message));
+                None
+            }
+            Err(Error::Reference(why)) => {
+                secrets = Some(("ConfigError", why));
+                None
+            }
+            Err(e) => return Err(e),
         }
     };
 
+    // Armed and dereferenced: probe T3 and gather the gate facts (no tracker or executor I/O
+    // otherwise).
+    let mut probes = Probes {
+        tracker: Probe::NotProbed,
+        executor: Probe::NotProbed,
+        token_expires_at: None,
+    };
     let mut ready_issues = vec![];
-    if issues.is_some() {
-        let adapters = match ctx.adapters.for_config(&config).await {
-            Ok(a) => a,
-            Err(Error::Reference(why)) => {
-                set_condition(
-                    &mut status.conditions,
-                    types::STALLED,
-                    Status::True,
-                    "ReferenceError",
-                    why.clone(),
-                    generation,
-                    &now,
-                );
-                set_condition(
-                    &mut status.conditions,
-                    types::READY,
-                    Status::False,
-                    "ReferenceError",
-                    why,
-                    generation,
-                    &now,
-                );
-                apply_status(&configs, &config, current.as_ref(), &status).await?;
-                return Ok(Action::requeue(Duration::from_secs(60)));
-            }
-            Err(e) => return Err(e),
+    if let (Some(adapters), None) = (&adapters, &disarmed) {
+        let (executor, expires_at) = probe_executor(adapters.executor.as_ref(), &mut status).await;
+        probes.executor = executor;
+        probes.token_expires_at = expires_at;
+        let label = metrics::ConfigLabel {
+            config: format!("{ns}/{name}"),
         };
-        match adapters.executor.environment().await {
-            Ok(env) => {
-                status.executor_version = env.server_version;
-                set_condition(
-                    &mut status.conditions,
-                    types::EXECUTOR_REACHABLE,
-                    Status::True,
-                    reasons::REACHABLE,
-                    "T3 answered",
-                    generation,
-                    &now,
-                );
-            }
-            Err(e) => {
-                set_condition(
-                    &mut status.conditions,
-                    types::EXECUTOR_REACHABLE,
-                    Status::False,
-                    reasons::UNREACHABLE,
-                    e.to_string(),
-                    generation,
-                    &now,
-                );
-            }
-        }
+        match expires_at {
+            Some(at) => ctx
+                .metrics
+                .executor_token_expiry
+                .get_or_create(&label)
+                .set(at.as_second()),
+            None => ctx.metrics.executor_token_expiry.get_or_create(&label).set(0),
+        };
         let mut cache = PollCache::default();
         let mut tracker_error = None;
         for entry in &config.spec.allowlist {
@@ -430,31 +472,15 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
             .await
             {
                 Ok(mut found) => ready_issues.append(&mut found),
-                Err(e) => tracker_error = Some(format!("{}: {e}", entry.repo)),
+                Err(e) => {
+                    tracker_error.get_or_insert((entry.repo.as_str(), e));
+                }
             }
         }
-        match tracker_error {
-            None => set_condition(
-                &mut status.conditions,
-                types::TRACKER_REACHABLE,
-                Status::True,
-                reasons::REACHABLE,
-                "GitHub answered",
-                generation,
-                &now,
-            ),
-            Some(e) => set_condition(
-                &mut status.conditions,
-                types::TRACKER_REACHABLE,
-                Status::False,
-                reasons::UNREACHABLE,
-                e,
-                generation,
-                &now,
-            ),
-        }
+        probes.tracker = tracker_probe(tracker_error);
         if let Some(rl) = adapters.tracker.rate_limit() {
             ctx.metrics.github_rate_limit_remaining.set(rl.remaining as i64);
+            ctx.metrics.github_rate_limit_limit.set(rl.limit as i64);
             status.rate_limit = Some(RateLimitStatus {
                 remaining: rl.remaining,
                 reset_at: Some(Time(rl.reset)),
@@ -463,6 +489,7 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
         status.last_poll_time = Some(now.clone());
     }
 
+    // Decide and create runs (nothing is created while stalled: the facts are empty).
     let decision = dispatch::decide(&dispatch::DispatchInput {
         spec: &config.spec,
         emergency_stop: estop,
@@ -480,7 +507,69 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
             Err(e) => return Err(e.into()),
         }
     }
+    write_queue(&mut status, &config, &runs, &decision);
 
+    // Conditions from what was found; Events for the transitions; status.
+    let t3 = &config.spec.executor.t3;
+    let facts = ConfigFacts {
+        invalid,
+        secrets,
+        disarmed,
+        tracker: probes.tracker,
+        executor: probes.executor,
+        token_expires_at: probes.token_expires_at,
+        token_hint: format!(
+            "`t3 auth session issue --base-dir <T3 base dir> --token-only --ttl 30d` on the T3 host, then update key {:?} of Secret {ns}/{}",
+            t3.token_secret_ref.key, t3.token_secret_ref.name
+        ),
+        reconciling: false,
+        now: now.0,
+    };
+    let values = health::conditions(&facts);
+    for c in &values {
+        let s = match c.status {
+            "True" => Status::True,
+            "False" => Status::False,
+            _ => Status::Unknown,
+        };
+        set_condition(
+            &mut status.conditions,
+            c.type_,
+            s,
+            c.reason,
+            c.message.clone(),
+            generation,
+            &now,
+        );
+    }
+    status.message = health::summary(&values);
+    let ready = values
+        .iter()
+        .any(|c| c.type_ == types::READY && c.status == "True");
+    ctx.metrics
+        .config_ready
+        .get_or_create(&metrics::ConfigLabel {
+            config: format!("{ns}/{name}"),
+        })
+        .set(i64::from(ready));
+    apply_status(&configs, &config, current.as_ref(), &status).await?;
+    condition_events(&ctx, &config, &previous_conditions, &values).await;
+    ctx.reset_backoff(&format!("afkconfig:{ns}/{name}"));
+    Ok(match (poll_interval, &facts.secrets) {
+        (Err(_), _) => Action::await_change(),
+        // Secrets are re-checked soon: creating one does not change the AfkConfig.
+        (Ok(d), Some(_)) => Action::requeue(jittered(d.min(Duration::from_secs(30)))),
+        (Ok(d), None) => Action::requeue(jittered(d)),
+    })
+}
+
+/// `status.inFlight`, `queue`, `queueLength` and `repos` from the dispatch decision.
+fn write_queue(
+    status: &mut crate::crd::AfkConfigStatus,
+    config: &AfkConfig,
+    runs: &[AfkRun],
+    decision: &dispatch::DispatchDecision,
+) {
     status.in_flight = decision.in_flight;
     // Issues already being worked on are not waiting: they stay out of the queue view.
     let waiting = |q: &&dispatch::Queued| !matches!(q.reason, dispatch::SkipReason::InProgress { .. });
@@ -497,8 +586,8 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
         })
         .collect();
     status.queue_length = status.queue.len() as u32;
-    status.repos = if decision.disarmed.is_some() {
-        // Disarmed: only the holders are known (no tracker I/O).
+    status.repos = if decision.disarmed.is_some() || decision.repos.is_empty() {
+        // Disarmed or stalled: only the holders are known (no tracker I/O).
         config
             .spec
             .allowlist
@@ -533,24 +622,6 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
             })
             .collect()
     };
-    for (type_, value) in [
-        (types::STALLED, Status::False),
-        (types::RECONCILING, Status::False),
-        (types::READY, Status::True),
-    ] {
-        set_condition(
-            &mut status.conditions,
-            type_,
-            value,
-            reasons::RECONCILED,
-            "",
-            generation,
-            &now,
-        );
-    }
-    apply_status(&configs, &config, current.as_ref(), &status).await?;
-    ctx.reset_backoff(&format!("afkconfig:{ns}/{name}"));
-    Ok(Action::requeue(jittered(poll_interval)))
 }
 
 #[cfg(test)]

@@ -158,6 +158,14 @@ pub enum Error {
     /// A referenced object (config, secret) is missing or unusable.
     #[error("{0}")]
     Reference(String),
+    /// Referenced Secrets are missing or unreadable; the message names every one of them.
+    #[error("{message}")]
+    Secrets {
+        /// One message naming every problem.
+        message: String,
+        /// At least one Secret exists but the operator may not read it (RBAC).
+        unreadable: bool,
+    },
     /// T3 refused the token (401/403) on a call a run needed: permanent for that run.
     #[error("the executor refused the token: {0}")]
     ExecutorUnauthorized(#[source] AdapterError),
@@ -174,6 +182,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Adapter(e) => e.kind,
             Error::Reference(_) => "reference",
+            Error::Secrets { .. } => "secrets",
             Error::ExecutorUnauthorized(_) => "executor_unauthorized",
             Error::Finalizer(_) => "finalizer",
         }

@@ -1082,7 +1082,7 @@ async fn load(run: AfkRun, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Loaded
     };
     let adapters = match ctx.adapters.for_config(&config).await {
         Ok(a) => a,
-        Err(Error::Reference(why)) => {
+        Err(Error::Reference(why)) | Err(Error::Secrets { message: why, .. }) => {
             let st = stalled("ReferenceError", why);
             apply_status(&api, &run, current.as_ref(), &st).await?;
             return Ok(Loaded::Blocked(Action::requeue(Duration::from_secs(60))));

@@ -30,6 +30,12 @@ pub const REPO_PATTERN: &str = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?/
     cel,
     doc = "AfkConfig arms the AFK loop: which repos may be automated, whom to trust, the agent executor, CI, budgets and notifications. It ships disarmed (suspend: true, empty allowlist).",
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Armed, nothing stalled, GitHub and T3 accept their credentials"
+    ),
+    printcolumn(
         name = "Armed",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Armed\")].status",
@@ -47,7 +53,27 @@ pub const REPO_PATTERN: &str = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?/
         json_path = ".status.queueLength",
         description = "Ready issues not dispatched"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        description = "The message of the first condition that is not as it should be"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Last-Poll",
+        type_ = "date",
+        json_path = ".status.lastPollTime",
+        priority = 1,
+        description = "When GitHub was last polled"
+    ),
+    printcolumn(
+        name = "T3",
+        type_ = "string",
+        json_path = ".status.executorVersion",
+        priority = 1,
+        description = "The T3 server version"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AfkConfigSpec {
@@ -591,6 +617,10 @@ impl Default for History {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AfkConfigStatus {
+    /// The message of the first condition that is not as it should be (what is in the way);
+    /// absent when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

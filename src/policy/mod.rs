@@ -5,6 +5,7 @@
 
 pub mod ci;
 pub mod dispatch;
+pub mod health;
 pub mod naming;
 pub mod parse;
 pub mod render;
