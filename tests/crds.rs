@@ -148,7 +148,8 @@ fn crds_are_conventional() {
                 assert_eq!(
                     columns,
                     [
-                        "Repo", "Issue", "Phase", "CI", "Attempts", "Age", "Commit", "Thread", "Reason"
+                        "Repo", "Issue", "Phase", "CI", "Attempts", "Age", "Commit", "Thread", "Reason",
+                        "Message"
                     ]
                 );
                 let wide: Vec<_> = version
@@ -159,7 +160,7 @@ fn crds_are_conventional() {
                     .filter(|c| c.priority == Some(1))
                     .map(|c| c.name.as_str())
                     .collect();
-                assert_eq!(wide, ["Commit", "Thread", "Reason"]);
+                assert_eq!(wide, ["Commit", "Thread", "Reason", "Message"]);
             }
             other => panic!("unexpected kind {other}"),
         }

@@ -43,7 +43,14 @@ use super::afk_config::REPO_PATTERN;
         json_path = ".status.threadId",
         priority = 1
     ),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1)
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        priority = 1,
+        description = "What the run waits for, or why it ended"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.priority) == has(oldSelf.priority) && (!has(self.priority) || self.priority == oldSelf.priority)").message("spec.priority is immutable"))]

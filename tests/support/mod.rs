@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod argo;
+pub mod process;
 
 use std::{sync::Arc, time::Duration};
 
@@ -244,6 +245,46 @@ impl World {
         self.api
             .with_store(|s| s.get("afk.dev/v1alpha1", "AfkConfig", NS, "team"))
             .unwrap()
+    }
+
+    /// `(status, reason, message)` of an AfkConfig condition.
+    pub fn config_condition(&self, type_: &str) -> Option<(String, String, String)> {
+        let status = self.config_obj()["status"].clone();
+        status["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["reason"].as_str().unwrap_or_default().to_string(),
+                    c["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    }
+
+    /// Events about `kind/name`, as `(type, reason, note)`.
+    pub fn events_for(&self, kind: &str, name: &str) -> Vec<(String, String, String)> {
+        self.api
+            .with_store(|s| s.list("events.k8s.io/v1", "Event", NS))
+            .into_iter()
+            .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Replace a Secret's value (as `kubectl create secret … --dry-run -o yaml | apply` would).
+    pub fn set_secret(&self, name: &str, value: &str) {
+        let s = secret(name, value);
+        self.api.with_store(|st| {
+            st.modify("v1", "Secret", NS, name, |o| o["data"] = s["data"].clone());
+        });
     }
 
     pub fn phase(&self, name: &str) -> Option<String> {
