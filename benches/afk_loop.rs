@@ -1,10 +1,13 @@
 //! Benchmark of the AFK loop (not a test; nothing is asserted). Run with
-//! `cargo bench --bench afk_loop` (optionally `-- --repos 200 --runs 1000 --requeue-secs 15`).
+//! `cargo bench --bench afk_loop` (optionally `-- --repos 200 --runs 1000 --requeue-secs 15`),
+//! and with `-- --process` to run the operator as its own process (the real release binary
+//! against the fake API server served on loopback), so its RSS and CPU are its own.
 //!
-//! It drives the real controllers against the in-process fake API server and the loopback
-//! contract fakes and prints: dispatch throughput and latency (AfkRun created → `Working`), the
-//! steady-state reconcile rate and duration while every run waits on its agent, the GitHub
-//! requests an idle poll costs (and how many counted against the rate limit), and peak RSS.
+//! It drives the real controllers against the fake API server and the loopback contract fakes
+//! and prints: dispatch throughput and latency (AfkRun created → `Working`), the steady-state
+//! reconcile rate and duration while every run waits on its agent, the GitHub requests an idle
+//! poll costs (and how many counted against the rate limit), and peak RSS (of the operator
+//! process alone with `--process`, with its CPU time).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -45,6 +48,30 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (`/proc/<pid>/stat`, clock ticks of 1/100 s).
+fn proc_cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -64,6 +91,7 @@ async fn main() {
     let repos = arg("--repos", 200);
     let runs_n = arg("--runs", 1000);
     let requeue = arg("--requeue-secs", 15);
+    let as_process = std::env::args().any(|a| a == "--process");
     println!("afk_loop bench: {repos} repos, {runs_n} runs, runs looked at every {requeue}s while waiting");
     if let Ok(filter) = std::env::var("AFK_LOG") {
         afk_operator::telemetry::init(&afk_operator::config::LogArgs {
@@ -117,32 +145,96 @@ async fn main() {
         .await
         .unwrap();
 
-    let mut settings = fast_settings();
-    settings.run_requeue = Duration::from_secs(requeue as u64);
+    // The operator: in this process, or the real binary as its own process.
     let metrics = Metrics::new();
-    let ctx = Arc::new(Context::new(client.clone(), agents(), metrics.clone(), settings));
-    let (trigger, _) = tokio::sync::broadcast::channel(16);
-    let ready = Arc::new(AtomicBool::new(false));
-    let t = trigger.subscribe();
-    tokio::spawn(controller::run(
-        ctx,
-        Some(NS.into()),
-        ready,
-        t,
-        std::future::pending(),
-    ));
+    let mut _served = None;
+    let mut _trigger = None;
+    let mut child = None;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    if as_process {
+        let mut served = api.serve().await;
+        let kubeconfig = served.kubeconfig();
+        child = Some(
+            std::process::Command::new(env!("CARGO_BIN_EXE_afk-operator"))
+                .args([
+                    "run",
+                    "--kubeconfig",
+                    kubeconfig.to_str().unwrap(),
+                    "--namespace",
+                    NS,
+                    "--run-requeue-secs",
+                    &requeue.to_string(),
+                    "--github-mutation-interval-ms",
+                    "0",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .env("AFK_LOG", std::env::var("AFK_LOG").unwrap_or_else(|_| "warn".into()))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        _served = Some(served);
+    } else {
+        let mut settings = fast_settings();
+        settings.run_requeue = Duration::from_secs(requeue as u64);
+        let ctx = Arc::new(Context::new(client.clone(), agents(), metrics.clone(), settings));
+        let (trigger, _) = tokio::sync::broadcast::channel(16);
+        let ready = Arc::new(AtomicBool::new(false));
+        let t = trigger.subscribe();
+        _trigger = Some(trigger);
+        tokio::spawn(controller::run(
+            ctx,
+            Some(NS.into()),
+            ready,
+            t,
+            std::future::pending(),
+        ));
+    }
+    let http = reqwest::Client::new();
+    let metrics_text = || {
+        let (http, metrics) = (http.clone(), metrics.clone());
+        async move {
+            if as_process {
+                match http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                }
+            } else {
+                metrics.render()
+            }
+        }
+    };
+    let configs: Api<crd::AfkConfig> = Api::namespaced(client.clone(), NS);
+    let poke = |n: usize| {
+        let configs = configs.clone();
+        async move {
+            // An annotation change asks for a poll (the controller's predicate passes it).
+            configs
+                .patch(
+                    "team",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bench/poke": n.to_string()}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
 
     // Idle poll cost: one warm-up poll fills the ETag cache, the second costs only 304s.
+    tokio::time::sleep(Duration::from_secs(if as_process { 4 } else { 2 })).await;
+    poke(1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before_total, before_counted) = (gh.with(|s| s.requests.len()), gh.counted_requests());
-    trigger
-        .send(controller::Trigger::Config(
-            kube::runtime::reflector::ObjectRef::new("team").within(NS),
-        ))
-        .unwrap();
+    poke(2).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_total = gh.with(|s| s.requests.len()) - before_total;
     let idle_counted = gh.counted_requests() - before_counted;
+    let cpu_before_dispatch = child.as_ref().map_or(0.0, |c| proc_cpu_secs(c.id()));
 
     // Dispatch: create the runs and time each until it is Working.
     let runs_api: Api<crd::AfkRun> = Api::namespaced(client.clone(), NS);
@@ -217,10 +309,12 @@ async fn main() {
     latencies.sort();
 
     // Steady state: every run waits on its agent; count reconciles over a window.
-    let before = metrics.render();
+    let cpu_after_dispatch = child.as_ref().map_or(0.0, |c| proc_cpu_secs(c.id()));
+    let before = metrics_text().await;
     let window = Duration::from_secs(2 * requeue.max(5) as u64);
     tokio::time::sleep(window).await;
-    let after = metrics.render();
+    let after = metrics_text().await;
+    let cpu_after_window = child.as_ref().map_or(0.0, |c| proc_cpu_secs(c.id()));
     let count = |t: &str| metric(t, "afk_reconcile_duration_seconds_count{controller=\"afkrun\"}");
     let sum = |t: &str| metric(t, "afk_reconcile_duration_seconds_sum{controller=\"afkrun\"}");
     let reconciles = count(&after) - count(&before);
@@ -252,10 +346,24 @@ async fn main() {
         "idle poll of {repos} repos: {idle_total} GitHub requests, {idle_counted} counted against the rate limit"
     );
     println!("T3 dispatch commands applied: {}", t3.with(|s| s.applied.len()));
-    println!(
-        "peak RSS: {:.1} MiB (bench process: operator + fake API server + fakes)",
-        peak_rss_kib() as f64 / 1024.0
-    );
+    match &mut child {
+        Some(c) => {
+            let pid = c.id();
+            println!(
+                "operator process alone: RSS {:.1} MiB now, peak {:.1} MiB; CPU {:.2} s for the dispatch burst, {:.1} % of one core in steady state",
+                proc_status_kib(pid, "VmRSS:") as f64 / 1024.0,
+                proc_status_kib(pid, "VmHWM:") as f64 / 1024.0,
+                cpu_after_dispatch - cpu_before_dispatch,
+                (cpu_after_window - cpu_after_dispatch) / window.as_secs_f64() * 100.0
+            );
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        None => println!(
+            "peak RSS: {:.1} MiB (bench process: operator + fake API server + fakes)",
+            peak_rss_kib() as f64 / 1024.0
+        ),
+    }
 }
 
 fn b64(value: &str) -> String {
