@@ -110,6 +110,10 @@ pub struct SidecarArgs {
     /// Seconds between keepalive comments on quiet SSE streams (shorter than any proxy idle timeout).
     #[arg(long, env = "AFK_SSE_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub sse_keepalive_secs: u64,
+    /// Seconds between re-reads of the webhook secrets (a rotated secret takes effect within it;
+    /// a change to an AfkConfig's `webhookSecretRef` or allowlist takes effect at once).
+    #[arg(long, env = "AFK_WEBHOOK_SECRET_REFRESH_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub webhook_secret_refresh_secs: u64,
     /// The `claude` CLI and the voice gateway.
     #[command(flatten)]
     pub voice: VoiceArgs,

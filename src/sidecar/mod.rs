@@ -10,6 +10,7 @@ pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
 pub mod console;
+pub mod error;
 pub mod openai;
 pub mod pve;
 pub mod turns;
@@ -26,7 +27,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{DefaultBodyLimit, State},
     http::{StatusCode, header},
     middleware,
@@ -83,6 +84,8 @@ pub struct SidecarState {
     pub breakglass: Option<Arc<breakglass::Breakglass>>,
     /// The VM power verbs.
     pub pve: Arc<pve::PowerVerbs>,
+    /// Cached webhook secrets and seen delivery ids (with a cluster only).
+    pub webhook: Option<Arc<webhook::WebhookSecrets>>,
     /// Cancelled when the server shuts down; open streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -138,6 +141,19 @@ impl SidecarState {
                 Duration::from_secs(args.sse_keepalive_secs),
             )
         });
+        let webhook = cluster.as_ref().map(|cluster| {
+            let cache = Arc::new(webhook::WebhookSecrets::new());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(webhook::keep_fresh(
+                    cache.clone(),
+                    cluster.client.clone(),
+                    cluster.namespace.clone(),
+                    Duration::from_secs(args.webhook_secret_refresh_secs),
+                    shutdown.clone(),
+                ));
+            }
+            cache
+        });
         Self {
             ready,
             metrics,
@@ -149,6 +165,7 @@ impl SidecarState {
             voice,
             breakglass,
             pve: Arc::new(pve::PowerVerbs::new(&args.breakglass)),
+            webhook,
             shutdown,
         }
     }
@@ -165,18 +182,9 @@ impl SidecarState {
     }
 }
 
-/// An OpenAI-shaped error body (one error vocabulary for every sidecar route).
-pub fn error(status: StatusCode, message: &str, code: &str) -> Response {
-    let kind = match status.as_u16() {
-        401 | 403 => "authentication_error",
-        400..=499 => "invalid_request_error",
-        _ => "server_error",
-    };
-    (
-        status,
-        Json(serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})),
-    )
-        .into_response()
+/// An error response in the one shape every sidecar route uses (see [`error::ApiError`]).
+pub fn error(status: StatusCode, message: &str, code: &'static str) -> Response {
+    error::ApiError::new(status, message, code).into_response()
 }
 
 async fn readyz(State(s): State<SidecarState>) -> impl IntoResponse {
@@ -253,6 +261,9 @@ pub fn router(state: SidecarState) -> Router {
         .merge(v1)
         .merge(api)
         .merge(webhooks)
+        .fallback(|| async { error::ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(error::uniform_errors))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
