@@ -665,3 +665,83 @@ async fn a_slow_first_token_holds_the_status_until_text_arrives() {
         .unwrap();
     assert!(le.ends_with(" 0"), "the first token took longer than 0.5 s: {le}");
 }
+
+/// Whether `pid` is a live (non-zombie) process.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+#[tokio::test]
+async fn lingering_clis_never_exceed_the_concurrency_limit() {
+    // Each CLI answers at once, then lives on for 600 ms (as the real one does writing session
+    // files). The slot must stay taken until the process is reaped, not until the answer.
+    let sc = Sidecar::start(
+        &fake_claude(),
+        &[("CLAUDE_CODE_FAKE_MODE", "linger"), ("CLAUDE_CODE_FAKE_LINGER_MS", "600")],
+        &["--max-concurrent-turns", "2", "--max-queued-turns", "16"],
+    )
+    .await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let record = sc.record.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let pids: Vec<i64> = std::fs::read_to_string(&record)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["pid"].as_i64())
+                    .collect();
+                most = most.max(pids.into_iter().filter(|p| alive(*p)).count());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let req = sc.post("/v1/chat/completions", chat(&format!("n{i}"), i % 2 == 0, false));
+            tokio::spawn(async move { req.send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    for r in requests {
+        let body = r.await.unwrap();
+        assert!(
+            body.contains("You said") || body.contains("data: [DONE]"),
+            "every request is answered: {body}"
+        );
+    }
+    // The last ones are still lingering: wait for them to go, then stop sampling.
+    for run in sc.wait_runs(6).await {
+        let pid = run["pid"].as_i64().unwrap();
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            assert!(start.elapsed() < Duration::from_secs(10), "pid {pid} never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.unwrap();
+    assert!(most <= 2, "{most} CLIs alive at once with --max-concurrent-turns 2");
+    assert!(most >= 1, "the sampler saw the CLIs");
+}
+
+#[tokio::test]
+async fn an_over_long_or_non_utf8_output_line_is_skipped_not_fatal() {
+    let sc = Sidecar::start(&fake_claude(), &[("CLAUDE_CODE_FAKE_MODE", "noisy")], &[]).await;
+    let resp = sc
+        .post("/v1/chat/completions", chat("still here", false, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "You said: Be brief.\n\nUser: still here"
+    );
+}
