@@ -745,3 +745,59 @@ async fn an_over_long_or_non_utf8_output_line_is_skipped_not_fatal() {
         "You said: Be brief.\n\nUser: still here"
     );
 }
+
+/// Read until the server closes `socket` (EOF or reset); how long it took, or `None` after `limit`.
+async fn closed_within(mut socket: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn silent_idle_and_http2_connections_are_closed_while_requests_are_served() {
+    // The support sidecar's header-read timeout is 1 s.
+    let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(sc.addr).await.unwrap());
+    }
+    let mut preface = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A keep-alive connection that served one request, then goes quiet.
+    let mut idle = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Meanwhile a real request is served at once.
+    let ok = Sidecar::client()
+        .get(format!("{}/healthz", sc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let limit = Duration::from_secs(6);
+    let waits = futures::future::join_all(
+        silent
+            .into_iter()
+            .chain([preface, idle])
+            .map(|s| closed_within(s, limit)),
+    )
+    .await;
+    let open = waits.iter().filter(|w| w.is_none()).count();
+    assert_eq!(open, 0, "{open} of 202 connections still open after {limit:?}");
+}

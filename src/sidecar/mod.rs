@@ -4,7 +4,8 @@
 //! OpenAI wire format in `openai`), breakglass sessions and VM power verbs (`breakglass`, `pve`),
 //! the AFK operations view and the emergency stop (`afk_ops`). HMAC-verified: the GitHub webhook
 //! (`webhook`). `turns` drives one CLI turn for any of them. Served by a hyper connection loop
-//! (`serve`) with a header-read timeout and a shutdown that ends open streams.
+//! (`serve`): HTTP/1.1 only, every wait for a request head bounded by the header-read timeout,
+//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`).
 
 pub mod afk_ops;
 pub mod auth;
@@ -311,8 +312,10 @@ pub async fn serve(
 /// How long shutdown waits for open connections after telling streams to end.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serve on a bound listener: HTTP/1.1 and h2c, request headers must arrive within
-/// `header_timeout` (slowloris), graceful shutdown.
+/// Serve on a bound listener: HTTP/1.1 only (no voice client needs cleartext HTTP/2, and one
+/// protocol means one set of limits), graceful shutdown. `header_timeout` bounds every wait for
+/// a request head: from accept to the first request (a connection that sends nothing, or an
+/// HTTP/2 preface, is closed) and between keep-alive requests (slowloris, idle sockets).
 pub async fn serve_on(
     listener: TcpListener,
     state: SidecarState,
@@ -320,18 +323,17 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::{
-        rt::{TokioExecutor, TokioIo, TokioTimer},
-        server::{conn::auto, graceful::GracefulShutdown},
+        rt::{TokioIo, TokioTimer},
+        server::graceful::GracefulShutdown,
         service::TowerToHyperService,
     };
     let cancel = state.shutdown.clone();
     let app = router(state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper arms this timer whenever it waits for a request head, including the first one.
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -349,9 +351,7 @@ pub async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
