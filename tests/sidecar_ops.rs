@@ -137,15 +137,18 @@ fn get(path: &str, auth: Option<&str>) -> Request<Body> {
 async fn bearer_auth_edge_cases() {
     let s = setup(false, true);
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(
-        call(&s.state, get("/api/afk/runs", Some(&bearer))).await.0,
-        StatusCode::OK
-    );
+    // The scheme is case-insensitive (RFC 7235).
+    for good in [bearer.clone(), format!("bearer {TOKEN}"), format!("BEARER  {TOKEN}")] {
+        assert_eq!(
+            call(&s.state, get("/api/afk/runs", Some(&good))).await.0,
+            StatusCode::OK,
+            "{good}"
+        );
+    }
     for bad in [
         None,
         Some(String::new()),
         Some("Bearer ".to_string()),
-        Some(format!("bearer {TOKEN}")),
         Some(TOKEN.to_string()),
         Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
         Some(format!("Bearer {TOKEN}x")),

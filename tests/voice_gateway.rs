@@ -801,3 +801,66 @@ async fn silent_idle_and_http2_connections_are_closed_while_requests_are_served(
     let open = waits.iter().filter(|w| w.is_none()).count();
     assert_eq!(open, 0, "{open} of 202 connections still open after {limit:?}");
 }
+
+#[tokio::test]
+async fn unknown_routes_methods_and_oversize_bodies_answer_in_the_one_error_shape() {
+    let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
+    let check = |what: &'static str, status: u16, code: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status(), status, "{what}");
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "{what}"
+            );
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], code, "{what}: {body}");
+            for field in ["message", "type"] {
+                assert!(body["error"][field].is_string(), "{what}: {body}");
+            }
+            assert!(body["error"].get("param").is_some(), "{what}: {body}");
+        }
+    };
+    check("unknown path", 404, "not_found")(sc.get("/nope").send().await.unwrap()).await;
+    check("unknown /v1 path", 404, "not_found")(sc.get("/v1/nope").send().await.unwrap()).await;
+    check("wrong method", 405, "method_not_allowed")(
+        Sidecar::client()
+            .delete(format!("{}/v1/chat/completions", sc.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let big = "x".repeat(300 * 1024);
+    check("oversize chat", 413, "invalid_request")(
+        sc.post("/v1/chat/completions", json!({"model": "sonnet", "messages": [{"role": "user", "content": big}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check("oversize power verb", 413, "payload_too_large")(
+        Sidecar::client()
+            .post(format!("{}/api/breakglass/pve/status", sc.base))
+            .bearer_auth(TOKEN)
+            .body(vec![b' '; 100 * 1024])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check("malformed JSON", 400, "invalid_request")(
+        Sidecar::client()
+            .post(format!("{}/v1/chat/completions", sc.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+}

@@ -134,6 +134,7 @@ impl SidecarState {
         let breakglass = agents.get("breakglass").map(|agent| {
             breakglass::Breakglass::new(
                 &args.breakglass,
+                &args.voice.models,
                 &args.voice.state_dir,
                 AgentSpec::from_agent(agent),
                 cli.clone(),
@@ -207,7 +208,7 @@ async fn metrics(State(s): State<SidecarState>) -> impl IntoResponse {
 }
 
 /// Request bodies of authenticated routes are small JSON documents.
-const MAX_API_BODY: usize = 64 * 1024;
+pub const MAX_API_BODY: usize = 64 * 1024;
 /// Chat requests carry a dialogue; a spoken one stays far below this.
 pub const MAX_V1_BODY: usize = 256 * 1024;
 
