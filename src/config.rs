@@ -190,6 +190,9 @@ pub struct BreakglassArgs {
     /// The ssh program.
     #[arg(long, env = "AFK_PVE_SSH_PROGRAM", default_value = "ssh")]
     pub pve_ssh_program: PathBuf,
+    /// Power verbs that may run at once; more answer 429 (a burst of resets is refused, not queued).
+    #[arg(long, env = "AFK_PVE_MAX_CONCURRENT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub pve_max_concurrent: u64,
     /// Seconds a power verb may run before it is killed.
     #[arg(long, env = "AFK_PVE_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pve_timeout_secs: u64,

@@ -561,7 +561,7 @@ pub async fn create(State(state): State<SidecarState>, Extension(caller): Extens
     };
     match bg.create() {
         Ok(session) => {
-            tracing::info!(audit = true, caller = %caller.0, session = %session.id, "breakglass session created");
+            tracing::info!(audit = true, caller = ?caller.0, session = %session.id, "breakglass session created");
             (StatusCode::CREATED, Json(json!({"session_id": session.id}))).into_response()
         }
         Err(AtCapacity) => super::error(
@@ -694,7 +694,7 @@ pub async fn prompt(
         )
         .into_response();
     }
-    tracing::info!(audit = true, caller = %caller.0, session = %session.id, "breakglass prompt");
+    tracing::info!(audit = true, caller = ?caller.0, session = %session.id, "breakglass prompt");
     match bg.prompt(&session, request.prompt, request.model) {
         Ok(()) => (
             StatusCode::ACCEPTED,
@@ -729,7 +729,7 @@ pub async fn cancel(
         }
         None => false,
     };
-    tracing::info!(audit = true, caller = %caller.0, session = %session.id, cancelled, "breakglass cancel");
+    tracing::info!(audit = true, caller = ?caller.0, session = %session.id, cancelled, "breakglass cancel");
     Json(json!({"session_id": session.id, "cancelled": cancelled})).into_response()
 }
 
