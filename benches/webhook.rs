@@ -156,7 +156,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut body = serde_json::to_vec(&json!({"action": "opened", "repository": {"full_name": "o/r"}})).unwrap();
+        let mut body =
+            serde_json::to_vec(&json!({"action": "opened", "repository": {"full_name": "o/r"}})).unwrap();
         body.resize((mib * 1024 * 1024) as usize, b' ');
         let body = axum::body::Bytes::from(body);
         measure("1 config, 1 secret", 1, deliveries, &body).await;

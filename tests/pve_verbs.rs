@@ -201,19 +201,32 @@ async fn unconfigured_verbs_answer_503() {
 async fn a_burst_of_verbs_is_refused_beyond_the_limit() {
     let shim = shim_dir();
     std::fs::write(shim.path().join("hang"), "").unwrap();
-    let sc = sidecar(shim.path(), &["--pve-timeout-secs", "2", "--pve-max-concurrent", "2"]).await;
+    let sc = sidecar(
+        shim.path(),
+        &["--pve-timeout-secs", "2", "--pve-max-concurrent", "2"],
+    )
+    .await;
     let calls_now = |dir: &Path| calls(dir).len();
     let mut running = Vec::new();
     for _ in 0..2 {
-        running.push(tokio::spawn(sc.post("/api/breakglass/pve/status", json!({})).send()));
+        running.push(tokio::spawn(
+            sc.post("/api/breakglass/pve/status", json!({})).send(),
+        ));
     }
     let start = std::time::Instant::now();
     while calls_now(shim.path()) < 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "the two verbs never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the two verbs never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..5 {
-        let resp = sc.post("/api/breakglass/pve/status", json!({})).send().await.unwrap();
+        let resp = sc
+            .post("/api/breakglass/pve/status", json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 429);
         assert!(resp.headers().contains_key("retry-after"));
     }
@@ -301,12 +314,22 @@ async fn the_binary_finds_ssh_on_path_and_audits_every_call_in_plain_uncoloured_
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
         .await
         .unwrap();
-    assert!(!stderr.contains('\u{1b}'), "no ANSI colour codes when not on a terminal:\n{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI colour codes when not on a terminal:\n{stderr}"
+    );
     let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("power verb")).collect();
     assert_eq!(audit.len(), 4, "one record per call:\n{stderr}");
-    assert!(audit[0].contains("result=\"ran\"") || audit[0].contains("result=ran"), "{}", audit[0]);
+    assert!(
+        audit[0].contains("result=\"ran\"") || audit[0].contains("result=ran"),
+        "{}",
+        audit[0]
+    );
     for line in &audit[1..] {
-        assert!(line.contains("result=\"refused\"") || line.contains("result=refused"), "{line}");
+        assert!(
+            line.contains("result=\"refused\"") || line.contains("result=refused"),
+            "{line}"
+        );
         assert!(
             line.contains(r#"caller="mallory result=ran verb=status""#),
             "the name is one quoted field: {line}"

@@ -138,7 +138,11 @@ async fn bearer_auth_edge_cases() {
     let s = setup(false, true);
     let bearer = format!("Bearer {TOKEN}");
     // The scheme is case-insensitive (RFC 7235).
-    for good in [bearer.clone(), format!("bearer {TOKEN}"), format!("BEARER  {TOKEN}")] {
+    for good in [
+        bearer.clone(),
+        format!("bearer {TOKEN}"),
+        format!("BEARER  {TOKEN}"),
+    ] {
         assert_eq!(
             call(&s.state, get("/api/afk/runs", Some(&good))).await.0,
             StatusCode::OK,
@@ -423,7 +427,13 @@ fn api_requests(api: &FakeApiServer) -> Vec<String> {
     })
 }
 
-async fn deliver(base: &str, event: &str, delivery: Option<&str>, body: Vec<u8>, signature: &str) -> (u16, Value) {
+async fn deliver(
+    base: &str,
+    event: &str,
+    delivery: Option<&str>,
+    body: Vec<u8>,
+    signature: &str,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{base}/webhooks/github"))
         .header("x-github-event", event)
@@ -447,7 +457,10 @@ async fn forged_deliveries_cost_no_api_call_and_valid_ones_no_secret_read() {
     let mut big = fixture("issues.labeled");
     big.resize(4 * 1024 * 1024, b' ');
     let (status, body) = deliver(&base, "issues", Some("f-1"), big.clone(), &sign("guess", &big)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let (status, _) = deliver(&base, "issues", None, big.clone(), "sha256=nothex").await;
     assert_eq!(status, 401);
     let (status, _) = deliver(&base, "issues", None, big.clone(), "").await;
@@ -456,7 +469,10 @@ async fn forged_deliveries_cost_no_api_call_and_valid_ones_no_secret_read() {
     let mut huge = big.clone();
     huge.resize(6 * 1024 * 1024, b' ');
     let (status, body) = deliver(&base, "issues", None, huge, &sign(HOOK_SECRET, b"x")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
     assert_eq!(
         api_requests(&s.api)[before..],
         [] as [String; 0],
@@ -465,17 +481,41 @@ async fn forged_deliveries_cost_no_api_call_and_valid_ones_no_secret_read() {
 
     // An authentic issue delivery triggers the config without reading a Secret or listing configs.
     let body = fixture("issues.labeled");
-    let (status, resp) = deliver(&base, "issues", Some("d-1"), body.clone(), &sign(HOOK_SECRET, &body)).await;
+    let (status, resp) = deliver(
+        &base,
+        "issues",
+        Some("d-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
     assert_eq!((status, resp["triggered"].clone()), (202, json!(["team"])));
     assert!(matches!(s.trigger_rx.try_recv(), Ok(Trigger::Config(_))));
     assert_eq!(api_requests(&s.api)[before..], [] as [String; 0]);
 
     // The same delivery id again: acknowledged, ignored, nothing triggered.
-    let (status, resp) = deliver(&base, "issues", Some("d-1"), body.clone(), &sign(HOOK_SECRET, &body)).await;
+    let (status, resp) = deliver(
+        &base,
+        "issues",
+        Some("d-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
     assert_eq!((status, resp["duplicate"].as_str()), (200, Some("d-1")));
-    assert!(s.trigger_rx.try_recv().is_err(), "a repeated delivery triggers nothing");
+    assert!(
+        s.trigger_rx.try_recv().is_err(),
+        "a repeated delivery triggers nothing"
+    );
     // A forged delivery cannot burn a real id: "f-1" was refused above, so it still counts once.
-    let (status, _) = deliver(&base, "issues", Some("f-1"), body.clone(), &sign(HOOK_SECRET, &body)).await;
+    let (status, _) = deliver(
+        &base,
+        "issues",
+        Some("f-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
     assert_eq!(status, 202);
 }
 
@@ -492,11 +532,16 @@ async fn webhook_secrets_follow_config_changes_and_rotation() {
         });
     });
     wait_until("the new secret is accepted", || async {
-        deliver(&base, "issues", None, body.clone(), &sign("second", &body)).await.0 == 202
+        deliver(&base, "issues", None, body.clone(), &sign("second", &body))
+            .await
+            .0
+            == 202
     })
     .await;
     assert_eq!(
-        deliver(&base, "issues", None, body.clone(), &sign(HOOK_SECRET, &body)).await.0,
+        deliver(&base, "issues", None, body.clone(), &sign(HOOK_SECRET, &body))
+            .await
+            .0,
         401
     );
     // The Secret's value rotated in place: picked up by the periodic re-read (1 s here).
@@ -506,11 +551,16 @@ async fn webhook_secrets_follow_config_changes_and_rotation() {
         });
     });
     wait_until("the rotated secret is accepted", || async {
-        deliver(&base, "issues", None, body.clone(), &sign("third", &body)).await.0 == 202
+        deliver(&base, "issues", None, body.clone(), &sign("third", &body))
+            .await
+            .0
+            == 202
     })
     .await;
     assert_eq!(
-        deliver(&base, "issues", None, body.clone(), &sign("second", &body)).await.0,
+        deliver(&base, "issues", None, body.clone(), &sign("second", &body))
+            .await
+            .0,
         401
     );
 }
@@ -525,9 +575,16 @@ async fn webhooks_wait_for_the_first_load_and_need_a_cluster() {
         hook("issues", body.clone(), Some(sign(HOOK_SECRET, &body))),
     )
     .await;
-    assert_eq!((status, resp["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
     s.state.cluster = None;
-    let (status, _) = call(&s.state, hook("issues", body.clone(), Some(sign(HOOK_SECRET, &body)))).await;
+    let (status, _) = call(
+        &s.state,
+        hook("issues", body.clone(), Some(sign(HOOK_SECRET, &body))),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -539,7 +596,10 @@ where
 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -670,7 +670,10 @@ async fn a_slow_first_token_holds_the_status_until_text_arrives() {
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -680,7 +683,10 @@ async fn lingering_clis_never_exceed_the_concurrency_limit() {
     // files). The slot must stay taken until the process is reaped, not until the answer.
     let sc = Sidecar::start(
         &fake_claude(),
-        &[("CLAUDE_CODE_FAKE_MODE", "linger"), ("CLAUDE_CODE_FAKE_LINGER_MS", "600")],
+        &[
+            ("CLAUDE_CODE_FAKE_MODE", "linger"),
+            ("CLAUDE_CODE_FAKE_LINGER_MS", "600"),
+        ],
         &["--max-concurrent-turns", "2", "--max-queued-turns", "16"],
     )
     .await;
@@ -726,7 +732,10 @@ async fn lingering_clis_never_exceed_the_concurrency_limit() {
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let most = sampler.await.unwrap();
-    assert!(most <= 2, "{most} CLIs alive at once with --max-concurrent-turns 2");
+    assert!(
+        most <= 2,
+        "{most} CLIs alive at once with --max-concurrent-turns 2"
+    );
     assert!(most >= 1, "the sampler saw the CLIs");
 }
 
@@ -836,10 +845,13 @@ async fn unknown_routes_methods_and_oversize_bodies_answer_in_the_one_error_shap
     .await;
     let big = "x".repeat(300 * 1024);
     check("oversize chat", 413, "invalid_request")(
-        sc.post("/v1/chat/completions", json!({"model": "sonnet", "messages": [{"role": "user", "content": big}]}))
-            .send()
-            .await
-            .unwrap(),
+        sc.post(
+            "/v1/chat/completions",
+            json!({"model": "sonnet", "messages": [{"role": "user", "content": big}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     check("oversize power verb", 413, "payload_too_large")(

@@ -112,10 +112,12 @@ pub async fn require_token(State(state): State<SidecarState>, mut req: Request, 
             next.run(req).await
         }
         Err(why) => {
-            let mut response = super::error::ApiError::new(StatusCode::UNAUTHORIZED, why, "unauthorized").into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut response =
+                super::error::ApiError::new(StatusCode::UNAUTHORIZED, why, "unauthorized").into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             response
         }
     }

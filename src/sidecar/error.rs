@@ -178,10 +178,9 @@ pub async fn uniform_errors(request: Request, next: Next) -> Response {
     };
     let fresh = error.into_response();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::new(fresh.into_body()))
 }
 

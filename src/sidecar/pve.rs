@@ -308,9 +308,10 @@ async fn verb_call(state: &SidecarState, raw: &str, body: &[u8]) -> Audited {
             "power verbs are already running; retry when they finished",
             "busy",
         );
-        response
-            .headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
         return Audited {
             response,
             result: "busy",

@@ -126,7 +126,12 @@ fn wanted(configs: &[Arc<AfkConfig>]) -> Vec<Wanted> {
         .iter()
         .filter_map(|c| {
             let r = c.spec.tracker.github.webhook_secret_ref.as_ref()?;
-            let mut repos: Vec<String> = c.spec.allowlist.iter().map(|e| e.repo.to_ascii_lowercase()).collect();
+            let mut repos: Vec<String> = c
+                .spec
+                .allowlist
+                .iter()
+                .map(|e| e.repo.to_ascii_lowercase())
+                .collect();
             repos.sort();
             Some(Wanted {
                 namespace: c.namespace().unwrap_or_default(),
@@ -154,7 +159,9 @@ impl std::fmt::Debug for WebhookSecrets {
     // Never the secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys = self.keys.read().expect("webhook keys").as_ref().map(|k| k.len());
-        f.debug_struct("WebhookSecrets").field("keys", &keys).finish_non_exhaustive()
+        f.debug_struct("WebhookSecrets")
+            .field("keys", &keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -188,7 +195,11 @@ impl WebhookSecrets {
 
     /// Number of distinct secrets held.
     pub fn distinct_secrets(&self) -> usize {
-        self.keys.read().expect("webhook keys").as_ref().map_or(0, |k| k.len())
+        self.keys
+            .read()
+            .expect("webhook keys")
+            .as_ref()
+            .map_or(0, |k| k.len())
     }
 
     fn replace(&self, keys: Vec<Key>) {
@@ -281,7 +292,9 @@ async fn reload(cache: &WebhookSecrets, client: &kube::Client, wanted: &[Wanted]
                 .collect()
         })
         .unwrap_or_default();
-    let mut read: BTreeMap<(String, String, String), Option<Arc<[u8]>>> = BTreeMap::new();
+    // (namespace, Secret, key) → its value, so a Secret shared by configs is read once.
+    type SecretId = (String, String, String);
+    let mut read: BTreeMap<SecretId, Option<Arc<[u8]>>> = BTreeMap::new();
     let mut keys: Vec<Key> = vec![];
     for w in wanted {
         let secret_id = (w.namespace.clone(), w.secret_name.clone(), w.secret_key.clone());
@@ -317,7 +330,11 @@ async fn reload(cache: &WebhookSecrets, client: &kube::Client, wanted: &[Wanted]
             }),
         }
     }
-    tracing::debug!(configs = wanted.len(), distinct = keys.len(), "webhook secrets loaded");
+    tracing::debug!(
+        configs = wanted.len(),
+        distinct = keys.len(),
+        "webhook secrets loaded"
+    );
     cache.replace(keys);
 }
 
@@ -549,7 +566,12 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s1").unwrap();
         mac.update(b"body");
         let sig: [u8; 32] = mac.finalize().into_bytes().into();
-        let names: Vec<String> = cache.verify(b"body", &sig).unwrap().into_iter().map(|c| c.name).collect();
+        let names: Vec<String> = cache
+            .verify(b"body", &sig)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 }

@@ -489,7 +489,10 @@ impl Decoder for LossyLines {
         }
     }
 
-    fn decode_eof(&mut self, buf: &mut tokio_util::bytes::BytesMut) -> Result<Option<String>, std::io::Error> {
+    fn decode_eof(
+        &mut self,
+        buf: &mut tokio_util::bytes::BytesMut,
+    ) -> Result<Option<String>, std::io::Error> {
         if let Some(line) = self.decode(buf)? {
             return Ok(Some(line));
         }
