@@ -110,6 +110,10 @@ pub struct SidecarArgs {
     /// Seconds between keepalive comments on quiet SSE streams (shorter than any proxy idle timeout).
     #[arg(long, env = "AFK_SSE_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub sse_keepalive_secs: u64,
+    /// Seconds between re-reads of the webhook secrets (a rotated secret takes effect within it;
+    /// a change to an AfkConfig's `webhookSecretRef` or allowlist takes effect at once).
+    #[arg(long, env = "AFK_WEBHOOK_SECRET_REFRESH_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub webhook_secret_refresh_secs: u64,
     /// The `claude` CLI and the voice gateway.
     #[command(flatten)]
     pub voice: VoiceArgs,
@@ -186,6 +190,9 @@ pub struct BreakglassArgs {
     /// The ssh program.
     #[arg(long, env = "AFK_PVE_SSH_PROGRAM", default_value = "ssh")]
     pub pve_ssh_program: PathBuf,
+    /// Power verbs that may run at once; more answer 429 (a burst of resets is refused, not queued).
+    #[arg(long, env = "AFK_PVE_MAX_CONCURRENT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub pve_max_concurrent: u64,
     /// Seconds a power verb may run before it is killed.
     #[arg(long, env = "AFK_PVE_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pve_timeout_secs: u64,

@@ -1,4 +1,7 @@
-//! Logging set-up: `tracing` with an EnvFilter, plain or JSON lines on stderr.
+//! Logging set-up: `tracing` with an EnvFilter, plain or JSON lines on stderr. Plain lines carry
+//! ANSI colours only when stderr is a terminal, so files and log collectors get clean text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -17,7 +20,11 @@ pub fn init(args: &LogArgs) {
     // try_init: tests may call this more than once in one process.
     let _ = match args.log_format {
         LogFormat::Plain => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))

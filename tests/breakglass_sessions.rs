@@ -331,6 +331,10 @@ async fn turns_run_detached_and_conflicts_and_unknown_sessions_are_refused() {
         json!({"prompt": ""}),
         json!({"nope": 1}),
         json!({"prompt": "x", "model": "a b"}),
+        json!({"prompt": "x", "model": "--dangerously-skip-permissions"}),
+        json!({"prompt": "x", "model": "--model=evil"}),
+        json!({"prompt": "x", "model": "gpt-4o"}),
+        json!({"prompt": "x", "model": ""}),
     ] {
         let resp = sc
             .post(&format!("/api/breakglass/sessions/{id}/prompt"), body.clone())
@@ -338,7 +342,21 @@ async fn turns_run_detached_and_conflicts_and_unknown_sessions_are_refused() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 400, "{body}");
+        let error: Value = resp.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
     }
+    // An oversize prompt is a 413 in the one JSON error shape, like every oversize body.
+    let resp = sc
+        .post(
+            &format!("/api/breakglass/sessions/{id}/prompt"),
+            json!({"prompt": "x".repeat(100 * 1024)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let error: Value = resp.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
     let anonymous = Sidecar::client()
         .post(format!("{}/api/breakglass/sessions", sc.base))
         .send()

@@ -198,7 +198,46 @@ async fn unconfigured_verbs_answer_503() {
 }
 
 #[tokio::test]
-async fn the_binary_finds_ssh_on_path() {
+async fn a_burst_of_verbs_is_refused_beyond_the_limit() {
+    let shim = shim_dir();
+    std::fs::write(shim.path().join("hang"), "").unwrap();
+    let sc = sidecar(
+        shim.path(),
+        &["--pve-timeout-secs", "2", "--pve-max-concurrent", "2"],
+    )
+    .await;
+    let calls_now = |dir: &Path| calls(dir).len();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        running.push(tokio::spawn(
+            sc.post("/api/breakglass/pve/status", json!({})).send(),
+        ));
+    }
+    let start = std::time::Instant::now();
+    while calls_now(shim.path()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the two verbs never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let resp = sc
+            .post("/api/breakglass/pve/status", json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        assert!(resp.headers().contains_key("retry-after"));
+    }
+    assert_eq!(calls_now(shim.path()), 2, "refused calls spawn nothing");
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap().status(), 504);
+    }
+}
+
+#[tokio::test]
+async fn the_binary_finds_ssh_on_path_and_audits_every_call_in_plain_uncoloured_lines() {
     let shim = shim_dir();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
@@ -219,6 +258,7 @@ async fn the_binary_finds_ssh_on_path() {
             &format!("127.0.0.1:{port}"),
             "--pve-ssh-target",
             "pve.lan",
+            "--trust-proxy-header",
         ])
         .arg("--api-token-file")
         .arg(dir.path().join("token"))
@@ -228,6 +268,7 @@ async fn the_binary_finds_ssh_on_path() {
         .arg(dir.path().join("state"))
         .env("PATH", path)
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -251,5 +292,48 @@ async fn the_binary_finds_ssh_on_path() {
     assert_eq!(resp.status(), 200);
     let argv = &calls(shim.path())[0];
     assert_eq!(&argv[argv.len() - 3..], ["--", "pve.lan", "start"]);
+    // Refused calls are audited too; a proxy-supplied name cannot forge audit fields.
+    let forger = "mallory result=ran verb=status";
+    for (verb, body, status) in [
+        ("reset", json!({}), 400),
+        ("reboot", json!({}), 400),
+        ("stop", json!({"confirm": "yes"}), 400),
+    ] {
+        let resp = client
+            .post(format!("http://127.0.0.1:{port}/api/breakglass/pve/{verb}"))
+            .bearer_auth(TOKEN)
+            .header("x-authentik-username", forger)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{verb}");
+    }
     child.kill().await.unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI colour codes when not on a terminal:\n{stderr}"
+    );
+    let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("power verb")).collect();
+    assert_eq!(audit.len(), 4, "one record per call:\n{stderr}");
+    assert!(
+        audit[0].contains("result=\"ran\"") || audit[0].contains("result=ran"),
+        "{}",
+        audit[0]
+    );
+    for line in &audit[1..] {
+        assert!(
+            line.contains("result=\"refused\"") || line.contains("result=refused"),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#"caller="mallory result=ran verb=status""#),
+            "the name is one quoted field: {line}"
+        );
+    }
+    assert!(audit[1].contains("confirmation_required") && audit[2].contains("unknown_verb"));
 }

@@ -51,6 +51,10 @@ fn b64(v: &str) -> String {
 }
 
 fn setup(trust_proxy_header: bool, with_token: bool) -> Setup {
+    setup_with(trust_proxy_header, with_token, None)
+}
+
+fn setup_with(trust_proxy_header: bool, with_token: bool, webhook_refresh_secs: Option<u64>) -> Setup {
     let mut api = FakeApiServer::new();
     for c in crd::all() {
         api = api.with_crd(&serde_json::to_value(c).unwrap());
@@ -87,6 +91,9 @@ fn setup(trust_proxy_header: bool, with_token: bool) -> Setup {
     ];
     if trust_proxy_header {
         argv.push("--trust-proxy-header".into());
+    }
+    if let Some(secs) = webhook_refresh_secs {
+        argv.extend(["--webhook-secret-refresh-secs".into(), secs.to_string()]);
     }
     let args = SidecarArgs::from_argv(argv).unwrap();
     let (trigger, trigger_rx) = tokio::sync::broadcast::channel(8);
@@ -130,15 +137,22 @@ fn get(path: &str, auth: Option<&str>) -> Request<Body> {
 async fn bearer_auth_edge_cases() {
     let s = setup(false, true);
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(
-        call(&s.state, get("/api/afk/runs", Some(&bearer))).await.0,
-        StatusCode::OK
-    );
+    // The scheme is case-insensitive (RFC 7235).
+    for good in [
+        bearer.clone(),
+        format!("bearer {TOKEN}"),
+        format!("BEARER  {TOKEN}"),
+    ] {
+        assert_eq!(
+            call(&s.state, get("/api/afk/runs", Some(&good))).await.0,
+            StatusCode::OK,
+            "{good}"
+        );
+    }
     for bad in [
         None,
         Some(String::new()),
         Some("Bearer ".to_string()),
-        Some(format!("bearer {TOKEN}")),
         Some(TOKEN.to_string()),
         Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
         Some(format!("Bearer {TOKEN}x")),
@@ -276,9 +290,16 @@ fn hook(event: &str, body: Vec<u8>, signature: Option<String>) -> Request<Body> 
     b.body(Body::from(body)).unwrap()
 }
 
+/// The setup with its webhook secrets loaded from the fake API server.
+async fn setup_hooks(refresh_secs: Option<u64>) -> Setup {
+    let s = setup_with(false, true, refresh_secs);
+    s.state.webhook.as_ref().unwrap().wait_loaded().await;
+    s
+}
+
 #[tokio::test]
 async fn webhook_signatures_and_triggers() {
-    let mut s = setup(false, true);
+    let mut s = setup_hooks(None).await;
     let body = fixture("issues.labeled");
     let (status, resp) = call(
         &s.state,
@@ -353,7 +374,7 @@ async fn webhook_signatures_and_triggers() {
 
 #[tokio::test]
 async fn ping_is_answered_for_an_enrolled_secret() {
-    let s = setup(false, true);
+    let s = setup_hooks(None).await;
     // The ping example's repository is not enrolled: only configs enrolling it are candidates.
     let ping = fixture("ping");
     assert_eq!(
@@ -377,4 +398,208 @@ async fn ping_is_answered_for_an_enrolled_secret() {
         .0,
         StatusCode::OK
     );
+}
+
+/// Serve `state` on loopback; the base URL and the server's stop switch.
+async fn serve(state: &SidecarState) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(afk_operator::sidecar::serve_on(
+        listener,
+        state.clone(),
+        std::time::Duration::from_secs(5),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (base, stop)
+}
+
+/// API requests other than the cache's own long-running AfkConfig watch.
+fn api_requests(api: &FakeApiServer) -> Vec<String> {
+    api.with_store(|st| {
+        st.log
+            .iter()
+            .filter(|r| !r.query.contains("watch=true"))
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect()
+    })
+}
+
+async fn deliver(
+    base: &str,
+    event: &str,
+    delivery: Option<&str>,
+    body: Vec<u8>,
+    signature: &str,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", event)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature);
+    if let Some(d) = delivery {
+        req = req.header("x-github-delivery", d);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn forged_deliveries_cost_no_api_call_and_valid_ones_no_secret_read() {
+    let mut s = setup_hooks(None).await;
+    let (base, _stop) = serve(&s.state).await;
+    let before = api_requests(&s.api).len();
+
+    // A 4 MiB forgery, a malformed signature and an unsigned one: all 401, no API request at all.
+    let mut big = fixture("issues.labeled");
+    big.resize(4 * 1024 * 1024, b' ');
+    let (status, body) = deliver(&base, "issues", Some("f-1"), big.clone(), &sign("guess", &big)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = deliver(&base, "issues", None, big.clone(), "sha256=nothex").await;
+    assert_eq!(status, 401);
+    let (status, _) = deliver(&base, "issues", None, big.clone(), "").await;
+    assert_eq!(status, 401);
+    // Over the limit by its Content-Length: 413 in the JSON error shape, body never read.
+    let mut huge = big.clone();
+    huge.resize(6 * 1024 * 1024, b' ');
+    let (status, body) = deliver(&base, "issues", None, huge, &sign(HOOK_SECRET, b"x")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(
+        api_requests(&s.api)[before..],
+        [] as [String; 0],
+        "rejected deliveries reach no API"
+    );
+
+    // An authentic issue delivery triggers the config without reading a Secret or listing configs.
+    let body = fixture("issues.labeled");
+    let (status, resp) = deliver(
+        &base,
+        "issues",
+        Some("d-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
+    assert_eq!((status, resp["triggered"].clone()), (202, json!(["team"])));
+    assert!(matches!(s.trigger_rx.try_recv(), Ok(Trigger::Config(_))));
+    assert_eq!(api_requests(&s.api)[before..], [] as [String; 0]);
+
+    // The same delivery id again: acknowledged, ignored, nothing triggered.
+    let (status, resp) = deliver(
+        &base,
+        "issues",
+        Some("d-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
+    assert_eq!((status, resp["duplicate"].as_str()), (200, Some("d-1")));
+    assert!(
+        s.trigger_rx.try_recv().is_err(),
+        "a repeated delivery triggers nothing"
+    );
+    // A forged delivery cannot burn a real id: "f-1" was refused above, so it still counts once.
+    let (status, _) = deliver(
+        &base,
+        "issues",
+        Some("f-1"),
+        body.clone(),
+        &sign(HOOK_SECRET, &body),
+    )
+    .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn webhook_secrets_follow_config_changes_and_rotation() {
+    let s = setup_hooks(Some(1)).await;
+    let (base, _stop) = serve(&s.state).await;
+    let body = fixture("issues.labeled");
+    // A new Secret and the config pointing at it: taken at once (the config watch), old one refused.
+    s.api.with_store(|st| {
+        st.seed(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh2", "namespace": "afk"}, "data": {"hook": b64("second")}}));
+        st.modify("afk.dev/v1alpha1", "AfkConfig", "afk", "team", |c| {
+            c["spec"]["tracker"]["github"]["webhookSecretRef"] = json!({"name": "gh2", "key": "hook"});
+        });
+    });
+    wait_until("the new secret is accepted", || async {
+        deliver(&base, "issues", None, body.clone(), &sign("second", &body))
+            .await
+            .0
+            == 202
+    })
+    .await;
+    assert_eq!(
+        deliver(&base, "issues", None, body.clone(), &sign(HOOK_SECRET, &body))
+            .await
+            .0,
+        401
+    );
+    // The Secret's value rotated in place: picked up by the periodic re-read (1 s here).
+    s.api.with_store(|st| {
+        st.modify("v1", "Secret", "afk", "gh2", |sec| {
+            sec["data"]["hook"] = json!(b64("third"));
+        });
+    });
+    wait_until("the rotated secret is accepted", || async {
+        deliver(&base, "issues", None, body.clone(), &sign("third", &body))
+            .await
+            .0
+            == 202
+    })
+    .await;
+    assert_eq!(
+        deliver(&base, "issues", None, body.clone(), &sign("second", &body))
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn webhooks_wait_for_the_first_load_and_need_a_cluster() {
+    let mut s = setup(false, true);
+    s.state.webhook = Some(Arc::new(afk_operator::sidecar::webhook::WebhookSecrets::new()));
+    let body = fixture("issues.labeled");
+    let (status, resp) = call(
+        &s.state,
+        hook("issues", body.clone(), Some(sign(HOOK_SECRET, &body))),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+    s.state.cluster = None;
+    let (status, _) = call(
+        &s.state,
+        hook("issues", body.clone(), Some(sign(HOOK_SECRET, &body))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Poll `check` until it holds (10 s at most: a condition, not a fixed sleep).
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -665,3 +665,214 @@ async fn a_slow_first_token_holds_the_status_until_text_arrives() {
         .unwrap();
     assert!(le.ends_with(" 0"), "the first token took longer than 0.5 s: {le}");
 }
+
+/// Whether `pid` is a live (non-zombie) process.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[tokio::test]
+async fn lingering_clis_never_exceed_the_concurrency_limit() {
+    // Each CLI answers at once, then lives on for 600 ms (as the real one does writing session
+    // files). The slot must stay taken until the process is reaped, not until the answer.
+    let sc = Sidecar::start(
+        &fake_claude(),
+        &[
+            ("CLAUDE_CODE_FAKE_MODE", "linger"),
+            ("CLAUDE_CODE_FAKE_LINGER_MS", "600"),
+        ],
+        &["--max-concurrent-turns", "2", "--max-queued-turns", "16"],
+    )
+    .await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let record = sc.record.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let pids: Vec<i64> = std::fs::read_to_string(&record)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["pid"].as_i64())
+                    .collect();
+                most = most.max(pids.into_iter().filter(|p| alive(*p)).count());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let req = sc.post("/v1/chat/completions", chat(&format!("n{i}"), i % 2 == 0, false));
+            tokio::spawn(async move { req.send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    for r in requests {
+        let body = r.await.unwrap();
+        assert!(
+            body.contains("You said") || body.contains("data: [DONE]"),
+            "every request is answered: {body}"
+        );
+    }
+    // The last ones are still lingering: wait for them to go, then stop sampling.
+    for run in sc.wait_runs(6).await {
+        let pid = run["pid"].as_i64().unwrap();
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            assert!(start.elapsed() < Duration::from_secs(10), "pid {pid} never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.unwrap();
+    assert!(
+        most <= 2,
+        "{most} CLIs alive at once with --max-concurrent-turns 2"
+    );
+    assert!(most >= 1, "the sampler saw the CLIs");
+}
+
+#[tokio::test]
+async fn an_over_long_or_non_utf8_output_line_is_skipped_not_fatal() {
+    let sc = Sidecar::start(&fake_claude(), &[("CLAUDE_CODE_FAKE_MODE", "noisy")], &[]).await;
+    let resp = sc
+        .post("/v1/chat/completions", chat("still here", false, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "You said: Be brief.\n\nUser: still here"
+    );
+}
+
+/// Read until the server closes `socket` (EOF or reset); how long it took, or `None` after `limit`.
+async fn closed_within(mut socket: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn silent_idle_and_http2_connections_are_closed_while_requests_are_served() {
+    // The support sidecar's header-read timeout is 1 s.
+    let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(sc.addr).await.unwrap());
+    }
+    let mut preface = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A keep-alive connection that served one request, then goes quiet.
+    let mut idle = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Meanwhile a real request is served at once.
+    let ok = Sidecar::client()
+        .get(format!("{}/healthz", sc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let limit = Duration::from_secs(6);
+    let waits = futures::future::join_all(
+        silent
+            .into_iter()
+            .chain([preface, idle])
+            .map(|s| closed_within(s, limit)),
+    )
+    .await;
+    let open = waits.iter().filter(|w| w.is_none()).count();
+    assert_eq!(open, 0, "{open} of 202 connections still open after {limit:?}");
+}
+
+#[tokio::test]
+async fn unknown_routes_methods_and_oversize_bodies_answer_in_the_one_error_shape() {
+    let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
+    let check = |what: &'static str, status: u16, code: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status(), status, "{what}");
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "{what}"
+            );
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], code, "{what}: {body}");
+            for field in ["message", "type"] {
+                assert!(body["error"][field].is_string(), "{what}: {body}");
+            }
+            assert!(body["error"].get("param").is_some(), "{what}: {body}");
+        }
+    };
+    check("unknown path", 404, "not_found")(sc.get("/nope").send().await.unwrap()).await;
+    check("unknown /v1 path", 404, "not_found")(sc.get("/v1/nope").send().await.unwrap()).await;
+    check("wrong method", 405, "method_not_allowed")(
+        Sidecar::client()
+            .delete(format!("{}/v1/chat/completions", sc.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let big = "x".repeat(300 * 1024);
+    check("oversize chat", 413, "invalid_request")(
+        sc.post(
+            "/v1/chat/completions",
+            json!({"model": "sonnet", "messages": [{"role": "user", "content": big}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    check("oversize power verb", 413, "payload_too_large")(
+        Sidecar::client()
+            .post(format!("{}/api/breakglass/pve/status", sc.base))
+            .bearer_auth(TOKEN)
+            .body(vec![b' '; 100 * 1024])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check("malformed JSON", 400, "invalid_request")(
+        Sidecar::client()
+            .post(format!("{}/v1/chat/completions", sc.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+}

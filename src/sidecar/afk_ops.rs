@@ -223,7 +223,7 @@ pub async fn stop(
     if let Err(r) = set_annotation(&api, &name, Some(&format!("{reason} (by {})", caller.0))).await {
         return r;
     }
-    tracing::warn!(audit = true, caller = %caller.0, config = %name, reason, "emergency stop engaged");
+    tracing::warn!(audit = true, caller = ?caller.0, config = %name, reason, "emergency stop engaged");
     (StatusCode::OK, Json(json!({"config": name, "stopped": true}))).into_response()
 }
 
@@ -243,7 +243,7 @@ pub async fn release(
     if let Err(r) = set_annotation(&api, &name, None).await {
         return r;
     }
-    tracing::warn!(audit = true, caller = %caller.0, config = %name, "emergency stop released");
+    tracing::warn!(audit = true, caller = ?caller.0, config = %name, "emergency stop released");
     (StatusCode::OK, Json(json!({"config": name, "stopped": false}))).into_response()
 }
 

@@ -73,7 +73,7 @@ impl ApiAuth {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or("missing bearer token")?;
         // Hash both sides: equal-length inputs, so the comparison leaks neither content nor length.
         let got: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -93,6 +93,17 @@ impl ApiAuth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive and may
+/// be followed by several spaces (RFC 7235 §2.1, RFC 6750 §2.1); an empty token is none.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
 /// Middleware guarding `/api/*` (and later `/v1/*`).
 pub async fn require_token(State(state): State<SidecarState>, mut req: Request, next: Next) -> Response {
     match state.auth.check(req.headers()) {
@@ -100,11 +111,29 @@ pub async fn require_token(State(state): State<SidecarState>, mut req: Request, 
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(why) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            axum::Json(serde_json::json!({"error": {"message": why, "type": "authentication_error", "param": null, "code": "unauthorized"}})),
-        )
-            .into_response(),
+        Err(why) => {
+            let mut response =
+                super::error::ApiError::new(StatusCode::UNAUTHORIZED, why, "unauthorized").into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for ok in ["Bearer t", "bearer t", "BEARER t", "bEaReR  t"] {
+            assert_eq!(bearer_token(ok), Some("t"), "{ok:?}");
+        }
+        for bad in ["Bearer", "Bearer ", "Basic t", "Bearert", "t", "", "Bearer\tt"] {
+            assert_eq!(bearer_token(bad), None, "{bad:?}");
+        }
     }
 }

@@ -206,6 +206,8 @@ pub struct Breakglass {
     log_capacity: usize,
     turn_timeout: Duration,
     default_model: String,
+    /// Full model ids served besides the aliases (`--models`, shared with the voice gateway).
+    models: Vec<String>,
     allowed_tools: Vec<String>,
     cwd: PathBuf,
     metrics: Metrics,
@@ -223,8 +225,10 @@ pub struct TurnRunning;
 
 impl Breakglass {
     /// Sessions running `agent` through `cli`. Starts the idle sweeper on the current runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         args: &BreakglassArgs,
+        models: &[String],
         state_dir: &std::path::Path,
         agent: AgentSpec,
         cli: Arc<dyn AgentCli>,
@@ -241,6 +245,7 @@ impl Breakglass {
             log_capacity: args.breakglass_log_events as usize,
             turn_timeout: Duration::from_secs(args.breakglass_turn_timeout_secs),
             default_model: args.breakglass_model.clone(),
+            models: models.iter().filter(|m| !m.trim().is_empty()).cloned().collect(),
             allowed_tools: args
                 .breakglass_allowed_tools
                 .iter()
@@ -556,7 +561,7 @@ pub async fn create(State(state): State<SidecarState>, Extension(caller): Extens
     };
     match bg.create() {
         Ok(session) => {
-            tracing::info!(audit = true, caller = %caller.0, session = %session.id, "breakglass session created");
+            tracing::info!(audit = true, caller = ?caller.0, session = %session.id, "breakglass session created");
             (StatusCode::CREATED, Json(json!({"session_id": session.id}))).into_response()
         }
         Err(AtCapacity) => super::error(
@@ -660,6 +665,10 @@ pub async fn prompt(
     };
     let request = match body {
         Ok(Json(request)) => request,
+        // An oversize prompt is a 413 like every other oversize body; a bad one is a 400.
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return super::error::ApiError::too_large(super::MAX_API_BODY).into_response();
+        }
         Err(rejection) => {
             return super::error(StatusCode::BAD_REQUEST, &rejection.body_text(), "invalid_request");
         }
@@ -671,18 +680,21 @@ pub async fn prompt(
             "invalid_request",
         );
     }
+    // The same rule as the voice gateway: an alias or a configured id, nothing else reaches argv.
     if let Some(model) = &request.model
-        && (model.is_empty()
-            || model.len() > 100
-            || model.chars().any(|c| c.is_whitespace() || c.is_control()))
+        && !super::openai::model_supported(model, &bg.models)
     {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            "model is not a model id",
-            "invalid_request",
-        );
+        return super::error::ApiError::invalid(
+            format!(
+                "the model `{}` is not served here; supported models: {}",
+                model.chars().take(100).collect::<String>(),
+                super::openai::model_ids(&bg.models).join(", ")
+            ),
+            Some("model"),
+        )
+        .into_response();
     }
-    tracing::info!(audit = true, caller = %caller.0, session = %session.id, "breakglass prompt");
+    tracing::info!(audit = true, caller = ?caller.0, session = %session.id, "breakglass prompt");
     match bg.prompt(&session, request.prompt, request.model) {
         Ok(()) => (
             StatusCode::ACCEPTED,
@@ -717,7 +729,7 @@ pub async fn cancel(
         }
         None => false,
     };
-    tracing::info!(audit = true, caller = %caller.0, session = %session.id, cancelled, "breakglass cancel");
+    tracing::info!(audit = true, caller = ?caller.0, session = %session.id, cancelled, "breakglass cancel");
     Json(json!({"session_id": session.id, "cancelled": cancelled})).into_response()
 }
 

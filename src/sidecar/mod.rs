@@ -4,12 +4,14 @@
 //! OpenAI wire format in `openai`), breakglass sessions and VM power verbs (`breakglass`, `pve`),
 //! the AFK operations view and the emergency stop (`afk_ops`). HMAC-verified: the GitHub webhook
 //! (`webhook`). `turns` drives one CLI turn for any of them. Served by a hyper connection loop
-//! (`serve`) with a header-read timeout and a shutdown that ends open streams.
+//! (`serve`): HTTP/1.1 only, every wait for a request head bounded by the header-read timeout,
+//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`).
 
 pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
 pub mod console;
+pub mod error;
 pub mod openai;
 pub mod pve;
 pub mod turns;
@@ -26,7 +28,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{DefaultBodyLimit, State},
     http::{StatusCode, header},
     middleware,
@@ -83,6 +85,8 @@ pub struct SidecarState {
     pub breakglass: Option<Arc<breakglass::Breakglass>>,
     /// The VM power verbs.
     pub pve: Arc<pve::PowerVerbs>,
+    /// Cached webhook secrets and seen delivery ids (with a cluster only).
+    pub webhook: Option<Arc<webhook::WebhookSecrets>>,
     /// Cancelled when the server shuts down; open streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -130,6 +134,7 @@ impl SidecarState {
         let breakglass = agents.get("breakglass").map(|agent| {
             breakglass::Breakglass::new(
                 &args.breakglass,
+                &args.voice.models,
                 &args.voice.state_dir,
                 AgentSpec::from_agent(agent),
                 cli.clone(),
@@ -137,6 +142,19 @@ impl SidecarState {
                 shutdown.clone(),
                 Duration::from_secs(args.sse_keepalive_secs),
             )
+        });
+        let webhook = cluster.as_ref().map(|cluster| {
+            let cache = Arc::new(webhook::WebhookSecrets::new());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(webhook::keep_fresh(
+                    cache.clone(),
+                    cluster.client.clone(),
+                    cluster.namespace.clone(),
+                    Duration::from_secs(args.webhook_secret_refresh_secs),
+                    shutdown.clone(),
+                ));
+            }
+            cache
         });
         Self {
             ready,
@@ -149,6 +167,7 @@ impl SidecarState {
             voice,
             breakglass,
             pve: Arc::new(pve::PowerVerbs::new(&args.breakglass)),
+            webhook,
             shutdown,
         }
     }
@@ -165,18 +184,9 @@ impl SidecarState {
     }
 }
 
-/// An OpenAI-shaped error body (one error vocabulary for every sidecar route).
-pub fn error(status: StatusCode, message: &str, code: &str) -> Response {
-    let kind = match status.as_u16() {
-        401 | 403 => "authentication_error",
-        400..=499 => "invalid_request_error",
-        _ => "server_error",
-    };
-    (
-        status,
-        Json(serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})),
-    )
-        .into_response()
+/// An error response in the one shape every sidecar route uses (see [`error::ApiError`]).
+pub fn error(status: StatusCode, message: &str, code: &'static str) -> Response {
+    error::ApiError::new(status, message, code).into_response()
 }
 
 async fn readyz(State(s): State<SidecarState>) -> impl IntoResponse {
@@ -198,7 +208,7 @@ async fn metrics(State(s): State<SidecarState>) -> impl IntoResponse {
 }
 
 /// Request bodies of authenticated routes are small JSON documents.
-const MAX_API_BODY: usize = 64 * 1024;
+pub const MAX_API_BODY: usize = 64 * 1024;
 /// Chat requests carry a dialogue; a spoken one stays far below this.
 pub const MAX_V1_BODY: usize = 256 * 1024;
 
@@ -253,6 +263,9 @@ pub fn router(state: SidecarState) -> Router {
         .merge(v1)
         .merge(api)
         .merge(webhooks)
+        .fallback(|| async { error::ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(error::uniform_errors))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -300,8 +313,10 @@ pub async fn serve(
 /// How long shutdown waits for open connections after telling streams to end.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serve on a bound listener: HTTP/1.1 and h2c, request headers must arrive within
-/// `header_timeout` (slowloris), graceful shutdown.
+/// Serve on a bound listener: HTTP/1.1 only (no voice client needs cleartext HTTP/2, and one
+/// protocol means one set of limits), graceful shutdown. `header_timeout` bounds every wait for
+/// a request head: from accept to the first request (a connection that sends nothing, or an
+/// HTTP/2 preface, is closed) and between keep-alive requests (slowloris, idle sockets).
 pub async fn serve_on(
     listener: TcpListener,
     state: SidecarState,
@@ -309,18 +324,17 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::{
-        rt::{TokioExecutor, TokioIo, TokioTimer},
-        server::{conn::auto, graceful::GracefulShutdown},
+        rt::{TokioIo, TokioTimer},
+        server::graceful::GracefulShutdown,
         service::TowerToHyperService,
     };
     let cancel = state.shutdown.clone();
     let app = router(state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper arms this timer whenever it waits for a request head, including the first one.
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -338,9 +352,7 @@ pub async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

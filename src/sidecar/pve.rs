@@ -4,9 +4,10 @@
 //! matched exactly against the whitelist before anything is spawned, so `status; reboot`,
 //! `STATUS` or `../start` are a 400 and never reach a process; the remote side (a forced
 //! command on the hypervisor) sees one argv word it also whitelists. Mutating verbs need
-//! `{"confirm": true}`. Every call is audit-logged: who, verb, result.
+//! `{"confirm": true}`. At most `--pve-max-concurrent` verbs run at once (more is a 429). Every
+//! call, run or refused, leaves one audit record: who, verb, result, reason, status.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
@@ -16,7 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tokio::{io::AsyncReadExt, process::Command};
+use tokio::{io::AsyncReadExt, process::Command, sync::Semaphore};
 
 use super::{SidecarState, auth::Caller, error};
 use crate::config::BreakglassArgs;
@@ -58,6 +59,8 @@ pub struct PowerVerbs {
     key_file: Option<PathBuf>,
     known_hosts: Option<PathBuf>,
     timeout: Duration,
+    /// Verbs running now (at most `--pve-max-concurrent`).
+    running: Arc<Semaphore>,
 }
 
 impl PowerVerbs {
@@ -76,6 +79,7 @@ impl PowerVerbs {
             key_file: args.pve_ssh_key_file.clone(),
             known_hosts: args.pve_known_hosts_file.clone(),
             timeout: Duration::from_secs(args.pve_timeout_secs),
+            running: Arc::new(Semaphore::new(args.pve_max_concurrent as usize)),
         }
     }
 
@@ -203,16 +207,57 @@ async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outco
     }
 }
 
-/// `POST /api/breakglass/pve/{verb}` with an optional `{"confirm": true}`.
+/// How one call ended, for its audit record.
+struct Audited {
+    response: Response,
+    /// `ran`, `refused`, `failed`, `busy`.
+    result: &'static str,
+    /// Why, for refusals and failures (a static code, never client text).
+    reason: Option<&'static str>,
+    exit_code: Option<i32>,
+}
+
+impl Audited {
+    fn refused(status: StatusCode, message: &str, code: &'static str) -> Self {
+        Self {
+            response: error(status, message, code),
+            result: "refused",
+            reason: Some(code),
+            exit_code: None,
+        }
+    }
+}
+
+/// `POST /api/breakglass/pve/{verb}` with an optional `{"confirm": true}`. Every call — run,
+/// refused or failed — leaves exactly one audit record. Its fields are structured (in JSON logs)
+/// or quoted and escaped (in plain logs), so neither the verb from the path nor a proxy-supplied
+/// user name can inject fields or lines into it.
 pub async fn run_verb(
     State(state): State<SidecarState>,
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let Some(verb) = parse_verb(&raw) else {
-        tracing::warn!(audit = true, caller = %caller.0, verb = ?raw.chars().take(64).collect::<String>(), "power verb refused: not in the whitelist");
-        return error(
+    let started = std::time::Instant::now();
+    let audited = verb_call(&state, &raw, &body).await;
+    let verb: String = raw.chars().take(64).collect();
+    tracing::warn!(
+        audit = true,
+        caller = ?caller.0,
+        verb = ?verb,
+        result = audited.result,
+        reason = audited.reason,
+        status = audited.response.status().as_u16(),
+        exit_code = audited.exit_code,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "power verb"
+    );
+    audited.response
+}
+
+async fn verb_call(state: &SidecarState, raw: &str, body: &[u8]) -> Audited {
+    let Some(verb) = parse_verb(raw) else {
+        return Audited::refused(
             StatusCode::BAD_REQUEST,
             &format!("unknown verb; allowed: {}", VERBS.join(", ")),
             "unknown_verb",
@@ -221,12 +266,12 @@ pub async fn run_verb(
     let confirm = if body.is_empty() {
         false
     } else {
-        match serde_json::from_slice::<serde_json::Value>(&body) {
+        match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(map)) => match map.get("confirm") {
                 None => false,
                 Some(serde_json::Value::Bool(b)) => *b,
                 Some(_) => {
-                    return error(
+                    return Audited::refused(
                         StatusCode::BAD_REQUEST,
                         "`confirm` must be a boolean",
                         "invalid_request",
@@ -234,7 +279,7 @@ pub async fn run_verb(
                 }
             },
             _ => {
-                return error(
+                return Audited::refused(
                     StatusCode::BAD_REQUEST,
                     "the body must be a JSON object",
                     "invalid_request",
@@ -243,61 +288,79 @@ pub async fn run_verb(
         }
     };
     if is_mutating(verb) && !confirm {
-        return error(
+        return Audited::refused(
             StatusCode::BAD_REQUEST,
             &format!("`{verb}` changes the machine's power state; send {{\"confirm\": true}}"),
             "confirmation_required",
         );
     }
     let Some(target) = state.pve.target.clone() else {
-        return error(
+        return Audited::refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "power verbs are not configured (--pve-ssh-target)",
             "not_configured",
         );
+    };
+    // Power verbs are rare and human-driven; a burst of them is refused, not queued.
+    let Ok(_slot) = state.pve.running.clone().try_acquire_owned() else {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "power verbs are already running; retry when they finished",
+            "busy",
+        );
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return Audited {
+            response,
+            result: "busy",
+            reason: Some("busy"),
+            exit_code: None,
+        };
     };
     let started = std::time::Instant::now();
     let outcome = run(&state.pve, &target, verb).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(outcome) => {
-            tracing::warn!(audit = true, caller = %caller.0, verb, exit_code = ?outcome.code, duration_ms, "power verb ran");
             // ssh itself exits 255 when it cannot connect or authenticate.
             let status = if outcome.code == Some(255) {
                 StatusCode::BAD_GATEWAY
             } else {
                 StatusCode::OK
             };
-            (
-                status,
-                Json(json!({
-                    "verb": verb,
-                    "ok": outcome.code == Some(0),
-                    "exit_code": outcome.code,
-                    "stdout": outcome.stdout,
-                    "stderr": outcome.stderr,
-                    "truncated": outcome.truncated,
-                    "duration_ms": duration_ms,
-                })),
-            )
-                .into_response()
+            Audited {
+                response: (
+                    status,
+                    Json(json!({
+                        "verb": verb,
+                        "ok": outcome.code == Some(0),
+                        "exit_code": outcome.code,
+                        "stdout": outcome.stdout,
+                        "stderr": outcome.stderr,
+                        "truncated": outcome.truncated,
+                        "duration_ms": duration_ms,
+                    })),
+                )
+                    .into_response(),
+                result: "ran",
+                reason: None,
+                exit_code: outcome.code,
+            }
         }
         Err(status) => {
-            tracing::warn!(audit = true, caller = %caller.0, verb, result = %status, duration_ms, "power verb failed");
-            let message = if status == StatusCode::GATEWAY_TIMEOUT {
-                "the verb took too long and was killed"
+            let (message, code) = if status == StatusCode::GATEWAY_TIMEOUT {
+                ("the verb took too long and was killed", "timeout")
             } else {
-                "ssh could not be started"
+                ("ssh could not be started", "ssh_unavailable")
             };
-            error(
-                status,
-                message,
-                if status == StatusCode::GATEWAY_TIMEOUT {
-                    "timeout"
-                } else {
-                    "ssh_unavailable"
-                },
-            )
+            Audited {
+                response: error(status, message, code),
+                result: "failed",
+                reason: Some(code),
+                exit_code: None,
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::adapters::claude::{CliError, CliEvent, Failure, Turn, TurnItem, TurnResult, Usage};
+use crate::adapters::claude::{CliError, CliEvent, Failure, Reaped, Turn, TurnItem, TurnResult, Usage};
 
 /// How long a finished turn's process may take to exit on its own (session files) before the
 /// group is killed.
@@ -233,6 +233,7 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Driver {
     turn: Option<Turn>,
+    reaped: Reaped,
     deadline: Instant,
     shutdown: CancellationToken,
     whole_messages: bool,
@@ -245,6 +246,7 @@ impl Driver {
     /// Drive `turn` until `deadline`; text comes from the streamed deltas.
     pub fn new(turn: Turn, deadline: Instant, shutdown: CancellationToken) -> Self {
         Self {
+            reaped: turn.reaped(),
             turn: Some(turn),
             deadline,
             shutdown,
@@ -253,6 +255,17 @@ impl Driver {
             pending: std::collections::VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Resolves once the turn's process is reaped.
+    pub fn reaped(&self) -> Reaped {
+        self.reaped.clone()
+    }
+
+    /// Keep `permit` (a concurrency slot) until the process is reaped — not merely until it
+    /// answered: a CLI may live on for seconds after its result, and every live one costs memory.
+    pub fn hold_until_reaped(&self, permit: OwnedSemaphorePermit) {
+        release_when_reaped(permit, Some(self.reaped()));
     }
 
     /// Take text from whole assistant messages (one step per text block) instead of deltas.
@@ -359,6 +372,16 @@ impl Driver {
     pub fn kill(&mut self) {
         self.turn = None;
         self.done = true;
+    }
+}
+
+/// Drop `permit` once `reaped` resolves (at once without a process).
+pub fn release_when_reaped(permit: OwnedSemaphorePermit, reaped: Option<Reaped>) {
+    if let Some(reaped) = reaped {
+        tokio::spawn(async move {
+            reaped.wait().await;
+            drop(permit);
+        });
     }
 }
 

@@ -28,7 +28,7 @@ use super::{
     openai::{self, ChatRequest, CompletionId},
     turns::{
         Driver, Finished, Limiter, Refusal, Step, TurnFailure, Workdir, keepalive_timer, next_streamed,
-        sse_response,
+        release_when_reaped, sse_response,
     },
 };
 use crate::{
@@ -347,6 +347,8 @@ pub async fn chat_completions(
             return failure_response(&failure);
         }
     };
+    // The slot is free again only once this CLI is reaped, however the request ends.
+    driver.hold_until_reaped(permit);
     let opening = match open(&mut driver).await {
         Ok(opening) => opening,
         Err(failure) => {
@@ -367,7 +369,6 @@ pub async fn chat_completions(
             Opening::Text(first) => collect(&mut driver, first).await,
             Opening::Empty(finished) => Ok((String::new(), finished)),
         };
-        drop(permit);
         return match result {
             Ok((text, finished)) => Json(id.completion(
                 &text,
@@ -385,7 +386,6 @@ pub async fn chat_completions(
     let include_usage = plan.include_usage;
     tokio::spawn(async move {
         let _active = ActiveStream::new(&gw.metrics);
-        let _permit = permit;
         let _workdir = workdir;
         let send = |value: Value| Bytes::from(openai::sse_data(&value));
         let first = match opening {
@@ -545,13 +545,20 @@ pub async fn conversational(
             max_budget_usd: gw.max_budget_usd,
             allowed_tools: vec![],
         };
-        let attempt = match gw.start(&turn).await {
-            Ok(mut driver) => open(&mut driver).await.map(|opening| (driver, opening)),
-            Err(failure) => Err(failure),
+        let (attempt, reaped) = match gw.start(&turn).await {
+            Ok(mut driver) => {
+                let reaped = driver.reaped();
+                (
+                    open(&mut driver).await.map(|opening| (driver, opening)),
+                    Some(reaped),
+                )
+            }
+            Err(failure) => (Err(failure), None),
         };
         match attempt {
             Ok(opened) => break opened,
-            // The CLI lost the session (or we forgot we had it): once, the other way round.
+            // The CLI lost the session (or we forgot we had it): once, the other way round —
+            // after the failed attempt's process is gone, so one slot never holds two.
             Err(TurnFailure::UnknownSession) if !retried => {
                 tracing::info!(session = %session_id, "CLI no longer knows the session; starting it anew");
                 mode = SessionMode::Open(session_id);
@@ -559,11 +566,16 @@ pub async fn conversational(
             Err(TurnFailure::SessionInUse) if !retried => mode = SessionMode::Resume(session_id),
             Err(failure) => {
                 gw.record_failure(&failure);
+                release_when_reaped(permit, reaped);
                 return failure_response(&failure);
             }
         }
+        if let Some(reaped) = reaped {
+            reaped.wait().await;
+        }
         retried = true;
     };
+    driver.hold_until_reaped(permit);
     gw.remember(session_id);
     gw.metrics
         .time_to_first_token
@@ -578,7 +590,7 @@ pub async fn conversational(
         } else {
             collect(&mut driver, first).await
         };
-        drop((permit, busy));
+        drop(busy);
         return match result {
             Ok((reply, _)) => Json(json!({"session_id": session_id, "reply": reply})).into_response(),
             Err(failure) => {
@@ -590,7 +602,7 @@ pub async fn conversational(
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let _active = ActiveStream::new(&gw.metrics);
-        let _hold = (permit, busy);
+        let _busy = busy;
         let frame = |event: &str, data: Value| Bytes::from(format!("event: {event}\ndata: {data}\n\n"));
         let mut reply = first.clone();
         if ended {

@@ -19,8 +19,13 @@ use std::{
 
 use futures::StreamExt;
 use nix::{sys::signal::Signal, unistd::Pid};
-use tokio::{io::AsyncReadExt, io::AsyncWriteExt, process::Command, sync::mpsc};
-use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio::{
+    io::AsyncReadExt,
+    io::AsyncWriteExt,
+    process::Command,
+    sync::{mpsc, watch},
+};
+use tokio_util::codec::{Decoder, FramedRead};
 
 pub use stream::{CliEvent, Failure, ToolUse, TurnResult, Usage};
 
@@ -159,6 +164,25 @@ pub enum CliError {
 pub struct Turn {
     events: mpsc::Receiver<TurnItem>,
     group: GroupGuard,
+    reaped: Reaped,
+}
+
+/// Resolves once a turn's process has exited and been reaped and its group killed — the moment
+/// its memory is really free, which is when a concurrency slot may be handed on.
+#[derive(Clone, Debug)]
+pub struct Reaped(watch::Receiver<bool>);
+
+impl Reaped {
+    /// A handle for a process that is already gone (tests, fakes that spawn nothing).
+    pub fn already() -> Self {
+        Self(watch::channel(true).1)
+    }
+
+    /// Wait until the process is reaped.
+    pub async fn wait(mut self) {
+        // A dropped sender (the reaper task ended) counts as reaped too.
+        let _ = self.0.wait_for(|reaped| *reaped).await;
+    }
 }
 
 /// What a running turn yields.
@@ -184,6 +208,11 @@ impl Turn {
     /// The process group id (for tests and diagnostics).
     pub fn process_group(&self) -> i32 {
         self.group.pgid
+    }
+
+    /// A handle that resolves once the process is reaped (it outlives the `Turn`).
+    pub fn reaped(&self) -> Reaped {
+        self.reaped.clone()
     }
 }
 
@@ -297,6 +326,7 @@ impl AgentCli for ClaudeCli {
         let pgid = child.id().map(|id| id as i32).unwrap_or(0);
         let group = GroupGuard { pgid };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let (reaped_tx, reaped_rx) = watch::channel(false);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -322,8 +352,15 @@ impl AgentCli for ClaudeCli {
             }
             String::from_utf8_lossy(&kept).into_owned()
         });
-        tokio::spawn(pump(child, pgid, stdout, stderr_task, tx));
-        Ok(Turn { events: rx, group })
+        tokio::spawn(async move {
+            pump(child, pgid, stdout, stderr_task, tx).await;
+            let _ = reaped_tx.send(true);
+        });
+        Ok(Turn {
+            events: rx,
+            group,
+            reaped: Reaped(reaped_rx),
+        })
     }
 }
 
@@ -340,7 +377,7 @@ async fn pump(
     let mut consumer_gone = false;
     let mut exit_status = None;
     if let Some(stdout) = stdout {
-        let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let mut lines = FramedRead::new(stdout, LossyLines::new(MAX_LINE_BYTES));
         loop {
             let next = if exit_status.is_some() {
                 // The CLI exited; whatever still holds the pipe gets a short grace, then the group dies.
@@ -355,11 +392,8 @@ async fn pump(
                 }
             };
             let line = match next {
-                None => break,
+                None | Some(Err(_)) => break,
                 Some(Ok(line)) => line,
-                // Over-long line: skipped (the codec resynchronises at the next newline).
-                Some(Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)) => continue,
-                Some(Err(_)) => break,
             };
             if let Some(event) = stream::parse_line(&line) {
                 saw_result |= matches!(event, CliEvent::Result(_));
@@ -390,6 +424,86 @@ async fn pump(
         Err(CliError::Crashed { code, stderr })
     };
     let _ = tx.send(TurnItem::Ended(ended)).await;
+}
+
+/// Newline-delimited lines that never end the stream over one bad line: a line longer than
+/// `max` bytes is skipped whole (up to its newline, without buffering it), and invalid UTF-8 is
+/// replaced (U+FFFD) rather than refused. Only an I/O error ends decoding.
+#[derive(Debug)]
+pub struct LossyLines {
+    max: usize,
+    /// Inside an over-long line: drop bytes until its newline.
+    discarding: bool,
+    /// How far the buffer was already searched for a newline.
+    searched: usize,
+    /// Lines skipped for length (for diagnostics).
+    pub skipped: usize,
+}
+
+impl LossyLines {
+    /// Lines of at most `max` bytes (without the newline).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            discarding: false,
+            searched: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl Decoder for LossyLines {
+    type Item = String;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut tokio_util::bytes::BytesMut) -> Result<Option<String>, std::io::Error> {
+        loop {
+            let newline = buf[self.searched..].iter().position(|b| *b == b'\n');
+            let Some(offset) = newline else {
+                self.searched = buf.len();
+                if self.discarding || buf.len() > self.max {
+                    if !self.discarding {
+                        self.skipped += 1;
+                        tracing::warn!(max = self.max, "claude CLI output line over the limit skipped");
+                    }
+                    self.discarding = true;
+                    buf.clear();
+                    self.searched = 0;
+                }
+                return Ok(None);
+            };
+            let end = self.searched + offset;
+            let line = buf.split_to(end + 1);
+            self.searched = 0;
+            if std::mem::take(&mut self.discarding) {
+                continue;
+            }
+            if end > self.max {
+                self.skipped += 1;
+                tracing::warn!(max = self.max, "claude CLI output line over the limit skipped");
+                continue;
+            }
+            let line = &line[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            return Ok(Some(String::from_utf8_lossy(line).into_owned()));
+        }
+    }
+
+    fn decode_eof(
+        &mut self,
+        buf: &mut tokio_util::bytes::BytesMut,
+    ) -> Result<Option<String>, std::io::Error> {
+        if let Some(line) = self.decode(buf)? {
+            return Ok(Some(line));
+        }
+        if buf.is_empty() || std::mem::take(&mut self.discarding) {
+            buf.clear();
+            return Ok(None);
+        }
+        let rest = buf.split_to(buf.len());
+        self.searched = 0;
+        Ok(Some(String::from_utf8_lossy(&rest).into_owned()))
+    }
 }
 
 fn ensure_dir(path: &Path) -> Result<(), CliError> {
@@ -437,6 +551,30 @@ mod tests {
         let agents: serde_json::Value = serde_json::from_str(&args[pos + 1]).unwrap();
         assert_eq!(agents["conversational"]["prompt"], "be brief");
         assert_eq!(agents["conversational"]["tools"], serde_json::json!([]));
+    }
+
+    async fn decode_all(input: &[u8], max: usize) -> Vec<String> {
+        let mut lines = FramedRead::with_capacity(input, LossyLines::new(max), 7);
+        let mut out = vec![];
+        while let Some(line) = lines.next().await {
+            out.push(line.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lossy_lines_skip_long_lines_and_tolerate_bad_utf8() {
+        let long = "x".repeat(50);
+        let input = format!("one\n{long}\ntwo\r\n{long}{long}\nthree");
+        assert_eq!(decode_all(input.as_bytes(), 20).await, ["one", "two", "three"]);
+        let bad = b"ok\n\xff\xfe{\"a\":1}\nend\n";
+        assert_eq!(
+            decode_all(bad, 20).await,
+            ["ok", "\u{fffd}\u{fffd}{\"a\":1}", "end"]
+        );
+        // An over-long unterminated tail is dropped, not returned.
+        assert_eq!(decode_all(format!("a\n{long}").as_bytes(), 20).await, ["a"]);
+        assert!(decode_all(b"", 20).await.is_empty());
     }
 
     #[test]
