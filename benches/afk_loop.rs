@@ -173,7 +173,10 @@ async fn main() {
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                 ])
-                .env("AFK_LOG", std::env::var("AFK_LOG").unwrap_or_else(|_| "warn".into()))
+                .env(
+                    "AFK_LOG",
+                    std::env::var("AFK_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -218,7 +221,9 @@ async fn main() {
                 .patch(
                     "team",
                     &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bench/poke": n.to_string()}}})),
+                    &kube::api::Patch::Merge(
+                        json!({"metadata": {"annotations": {"bench/poke": n.to_string()}}}),
+                    ),
                 )
                 .await
                 .unwrap();

@@ -84,10 +84,11 @@ async fn a_bad_t3_token_at_dispatch_fails_instead_of_pending_forever() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_dispatch_fails_with_its_bell() {
     let mut w = World::new().await;
-    // The workspace root does not exist on the T3 host: project.create is a business rejection.
+    // The workspace root does not exist on the T3 host and the operator may not create it
+    // (prepareWorkspace: false): project.create is a business rejection.
     w.label_issue(42, "Do it", "alice");
     w.apply_config(
-        json!({"allowlist": [{"repo": REPO, "defaultBranch": "main", "workspaceRoot": "/nowhere"}]}),
+        json!({"allowlist": [{"repo": REPO, "defaultBranch": "main", "workspaceRoot": "/nowhere"}], "executor": {"t3": {"prepareWorkspace": false}}}),
     )
     .await;
     w.start();

@@ -160,7 +160,7 @@ async fn the_binary_fails_a_rejected_dispatch_with_its_bell() {
     w.label_issue(42, "Do it", "alice");
     let (_served, _op) = boot(
         &w,
-        json!({"allowlist": [{"repo": REPO, "defaultBranch": "main", "workspaceRoot": "/nowhere"}]}),
+        json!({"allowlist": [{"repo": REPO, "defaultBranch": "main", "workspaceRoot": "/nowhere"}], "executor": {"t3": {"prepareWorkspace": false}}}),
     )
     .await;
     w.wait_phase(RUN, Phase::Failed).await;

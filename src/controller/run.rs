@@ -313,7 +313,7 @@ impl Work {
                     project_id: project.clone(),
                     title,
                     workspace_root: root.clone(),
-                    create_workspace_root_if_missing: false,
+                    create_workspace_root_if_missing: t3.prepare_workspace,
                     default_model_selection: None,
                     created_at: created_at.clone(),
                 })
@@ -385,6 +385,7 @@ impl Work {
             .unwrap_or_default();
         let branch = self.branch().await?;
         let snapshot = &self.run.spec.task_snapshot;
+        let clone_url = render::clone_url(&self.config.spec.tracker.github.api_url, &self.run.spec.repo);
         let text = render::opening_prompt(&render::TaskPrompt {
             preamble: &preamble,
             run_name: self.run.metadata.name.as_deref().unwrap_or_default(),
@@ -392,6 +393,7 @@ impl Work {
             issue: self.run.spec.issue,
             default_branch: &branch,
             workspace_root: &root,
+            clone_url: t3.prepare_workspace.then_some(clone_url.as_str()),
             title: &snapshot.title,
             body: &snapshot.body,
             sha256: &snapshot.sha256,

@@ -414,6 +414,12 @@ pub struct T3Spec {
     #[serde(default = "default_workspace_base")]
     #[schemars(regex(pattern = r"^/"), length(max = 4096))]
     pub workspace_base: String,
+    /// Let T3 create a missing workspace root (`createWorkspaceRootIfMissing: true`); the opening
+    /// prompt then tells the agent to clone the repository into an empty workspace, or to fetch
+    /// and branch from the up-to-date default branch otherwise — no hand-made checkout is needed
+    /// on the T3 host (it needs git credentials for the agent).
+    #[serde(default = "default_true")]
+    pub prepare_workspace: bool,
 }
 
 fn default_thread_url_template() -> String {
@@ -492,10 +498,6 @@ pub struct Budgets {
     /// before the run is handed to a human (Go duration).
     #[serde(default = "default_pre_escalation_grace")]
     pub pre_escalation_grace: GoDuration,
-    /// Spend cap per run in whole US dollars, enforced when the executor reports cost.
-    #[serde(default = "default_max_budget_usd")]
-    #[schemars(range(min = 1, max = 100000))]
-    pub max_budget_usd: u32,
 }
 
 fn default_fix_forward_attempts() -> u32 {
@@ -510,9 +512,6 @@ fn default_stall_timeout() -> GoDuration {
 fn default_pre_escalation_grace() -> GoDuration {
     GoDuration::new("2m")
 }
-fn default_max_budget_usd() -> u32 {
-    100
-}
 
 impl Default for Budgets {
     fn default() -> Self {
@@ -521,7 +520,6 @@ impl Default for Budgets {
             fix_forward_max_duration: default_fix_forward_duration(),
             stall_timeout: default_stall_timeout(),
             pre_escalation_grace: default_pre_escalation_grace(),
-            max_budget_usd: default_max_budget_usd(),
         }
     }
 }

@@ -405,9 +405,6 @@ pub struct AfkRunStatus {
     /// Terminal side effects already performed.
     #[serde(default)]
     pub effects: Effects,
-    /// Cost reported by the executor, in US dollars.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
     /// Ready, Reconciling, Stalled.
     #[serde(default)]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]

@@ -1048,6 +1048,9 @@ mod tests {
             max in 1u32..5,
             seed in any::<u64>(),
         ) {
+            // Object names are unique in Kubernetes: two runs never share one.
+            let mut names = BTreeSet::new();
+            let runs: Vec<ExistingRun> = runs.into_iter().filter(|r| names.insert(r.name.clone())).collect();
             let s = spec(&["a/x", "b/y", "c/z"], max);
             let d = decide_with(&s, &issues, &runs);
 
