@@ -236,27 +236,6 @@ async fn the_last_fix_forward_attempt_is_judged_not_thrown_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_asking_for_input_needs_a_human() {
-    let mut w = World::new().await;
-    w.label_issue(42, "Do it", "alice");
-    w.apply_config(json!({})).await;
-    w.start();
-    w.wait_phase(RUN, Phase::Working).await;
-    w.t3.raise_request(&w.thread_id(RUN), false);
-    w.wait_phase(RUN, Phase::NeedsHuman).await;
-    let run = w.run_obj(RUN).unwrap();
-    assert_eq!(run["status"]["reason"], "AgentAskedForInput");
-    w.wait_for("interrupt", |w| {
-        w.t3.applied_of("thread.turn.interrupt").len() == 1
-    })
-    .await;
-    w.wait_for("notification", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs a human"]
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_blocked_and_busy_issues_wait_with_reasons() {
     let mut w = World::new().await;
     w.label_issue(42, "Do it", "alice");

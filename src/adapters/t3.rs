@@ -264,6 +264,34 @@ pub enum Command {
         /// ISO-8601.
         created_at: String,
     },
+    /// `thread.approval.respond` (contract §5.7).
+    #[serde(rename = "thread.approval.respond", rename_all = "camelCase")]
+    ThreadApprovalRespond {
+        /// Command id.
+        command_id: String,
+        /// Thread id.
+        thread_id: String,
+        /// `payload.requestId` of the `approval.requested` activity.
+        request_id: String,
+        /// `accept`, `acceptForSession`, `decline` or `cancel`.
+        decision: String,
+        /// ISO-8601.
+        created_at: String,
+    },
+    /// `thread.user-input.respond` (contract §5.8).
+    #[serde(rename = "thread.user-input.respond", rename_all = "camelCase")]
+    ThreadUserInputRespond {
+        /// Command id.
+        command_id: String,
+        /// Thread id.
+        thread_id: String,
+        /// `payload.requestId` of the `user-input.requested` activity.
+        request_id: String,
+        /// Answers keyed by question id: an option label, labels for multi-select, or free text.
+        answers: std::collections::BTreeMap<String, serde_json::Value>,
+        /// ISO-8601.
+        created_at: String,
+    },
     /// `thread.session.stop`.
     #[serde(rename = "thread.session.stop", rename_all = "camelCase")]
     ThreadSessionStop {
@@ -280,6 +308,124 @@ pub enum Command {
 pub const MAX_TURN_TEXT: usize = 120_000;
 const RUNTIME_MODES: [&str; 4] = ["approval-required", "auto-accept-edits", "auto", "full-access"];
 const INTERACTION_MODES: [&str; 2] = ["default", "plan"];
+/// The decisions `thread.approval.respond` accepts.
+pub const DECISIONS: [&str; 4] = ["accept", "acceptForSession", "decline", "cancel"];
+
+/// What the agent waits on, read from the thread's activities (contract §7.3): the newest
+/// request with an opening activity and no closing one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// `payload.requestId`.
+    pub request_id: String,
+    /// When it was opened (the activity's `createdAt`), if T3 said.
+    pub created_at: Option<String>,
+    /// What is asked.
+    pub ask: Ask,
+}
+
+/// An approval or a set of questions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// `approval.requested`: `requestKind` (`command`, `file-read`, `file-change`) and detail.
+    Approval {
+        /// `requestKind`.
+        request_kind: String,
+        /// `detail` (e.g. the command), when given.
+        detail: Option<String>,
+    },
+    /// `user-input.requested`.
+    UserInput {
+        /// The questions.
+        questions: Vec<AskedQuestion>,
+    },
+}
+
+/// One question of a `user-input.requested` activity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AskedQuestion {
+    /// The id answers are keyed by.
+    pub id: String,
+    /// Short header.
+    pub header: String,
+    /// The question.
+    pub question: String,
+    /// Option labels.
+    pub options: Vec<String>,
+    /// Several options may be chosen.
+    pub multi_select: bool,
+}
+
+/// The pending request of a thread detail (`GET /api/orchestration/threads/:id`), if any.
+/// Unknown activity kinds are ignored; a malformed request activity is skipped, never guessed.
+pub fn pending_request(detail: &serde_json::Value) -> Option<PendingRequest> {
+    let activities = detail
+        .pointer("/thread/activities")
+        .and_then(serde_json::Value::as_array)?;
+    let str_at = |v: &serde_json::Value, p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let mut open: Vec<PendingRequest> = vec![];
+    for a in activities {
+        let kind = a
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let Some(request_id) = str_at(a, "/payload/requestId") else {
+            continue;
+        };
+        match kind {
+            "approval.requested" => open.push(PendingRequest {
+                request_id,
+                created_at: str_at(a, "/createdAt"),
+                ask: Ask::Approval {
+                    request_kind: str_at(a, "/payload/requestKind").unwrap_or_default(),
+                    detail: str_at(a, "/payload/detail"),
+                },
+            }),
+            "user-input.requested" => {
+                let questions = a
+                    .pointer("/payload/questions")
+                    .and_then(serde_json::Value::as_array)
+                    .map(|qs| {
+                        qs.iter()
+                            .filter_map(|q| {
+                                Some(AskedQuestion {
+                                    id: str_at(q, "/id")?,
+                                    header: str_at(q, "/header").unwrap_or_default(),
+                                    question: str_at(q, "/question").unwrap_or_default(),
+                                    options: q
+                                        .get("options")
+                                        .and_then(serde_json::Value::as_array)
+                                        .map(|os| os.iter().filter_map(|o| str_at(o, "/label")).collect())
+                                        .unwrap_or_default(),
+                                    multi_select: q
+                                        .get("multiSelect")
+                                        .and_then(serde_json::Value::as_bool)
+                                        .unwrap_or(false),
+                                })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                if !questions.is_empty() {
+                    open.push(PendingRequest {
+                        request_id,
+                        created_at: str_at(a, "/createdAt"),
+                        ask: Ask::UserInput { questions },
+                    });
+                }
+            }
+            "approval.resolved"
+            | "provider.approval.respond.failed"
+            | "user-input.resolved"
+            | "provider.user-input.respond.failed" => open.retain(|r| r.request_id != request_id),
+            _ => {}
+        }
+    }
+    open.pop()
+}
 
 impl Command {
     /// The command's `type`.
@@ -289,6 +435,8 @@ impl Command {
             Command::ThreadCreate { .. } => "thread.create",
             Command::ThreadTurnStart { .. } => "thread.turn.start",
             Command::ThreadTurnInterrupt { .. } => "thread.turn.interrupt",
+            Command::ThreadApprovalRespond { .. } => "thread.approval.respond",
+            Command::ThreadUserInputRespond { .. } => "thread.user-input.respond",
             Command::ThreadSessionStop { .. } => "thread.session.stop",
         }
     }
@@ -300,6 +448,8 @@ impl Command {
             | Command::ThreadCreate { command_id, .. }
             | Command::ThreadTurnStart { command_id, .. }
             | Command::ThreadTurnInterrupt { command_id, .. }
+            | Command::ThreadApprovalRespond { command_id, .. }
+            | Command::ThreadUserInputRespond { command_id, .. }
             | Command::ThreadSessionStop { command_id, .. } => command_id,
         }
     }
@@ -379,6 +529,32 @@ impl Command {
                     interaction_mode,
                     &INTERACTION_MODES,
                 ));
+                problems.push(non_empty("createdAt", created_at));
+            }
+            Command::ThreadApprovalRespond {
+                thread_id,
+                request_id,
+                decision,
+                created_at,
+                ..
+            } => {
+                problems.push(non_empty("threadId", thread_id));
+                problems.push(non_empty("requestId", request_id));
+                problems.push(check_mode("decision", decision, &DECISIONS));
+                problems.push(non_empty("createdAt", created_at));
+            }
+            Command::ThreadUserInputRespond {
+                thread_id,
+                request_id,
+                answers,
+                created_at,
+                ..
+            } => {
+                problems.push(non_empty("threadId", thread_id));
+                problems.push(non_empty("requestId", request_id));
+                if answers.is_empty() {
+                    problems.push(Some("answers is empty".into()));
+                }
                 problems.push(non_empty("createdAt", created_at));
             }
             Command::ThreadTurnInterrupt {

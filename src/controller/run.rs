@@ -22,11 +22,12 @@ use crate::{
     adapters::{
         AdapterError,
         notify::Outgoing,
-        t3::{Command, ModelSelection, Shell, ThreadShell, TurnMessage},
+        t3::{self, Command, ModelSelection, Shell, ThreadShell, TurnMessage},
     },
     crd::{
-        AfkConfig, AfkRun, AfkRunStatus, CiStatus, CiVerdict, CommandIntent, DispatchIntent,
-        FixForwardStatus, Phase, RUN_FINALIZER, RepoEntry, StageName,
+        ANSWER_ANNOTATION, AfkConfig, AfkRun, AfkRunStatus, AnswerIntent, CiStatus, CiVerdict, CommandIntent,
+        DispatchIntent, FixForwardStatus, Phase, Question, QuestionItem, QuestionKind, RUN_FINALIZER,
+        RepoEntry, StageName,
         condition::{Status, set_condition, types},
     },
     metrics,
@@ -36,8 +37,8 @@ use crate::{
         parse::commit_belongs_to_run,
         render::{self, NotificationKind, RunView},
         run::{
-            self as decide, Budgets, RunAction, RunObservation, SessionStatus, ThreadObservation, ThreadView,
-            TurnState, TurnView,
+            self as decide, Budgets, QuestionState, RunAction, RunObservation, SessionStatus,
+            ThreadObservation, ThreadView, TurnState, TurnView,
         },
     },
 };
@@ -94,6 +95,7 @@ fn budgets(config: &AfkConfig) -> Result<Budgets, String> {
         max_duration: b.fix_forward_max_duration.to_std().map_err(|e| e.to_string())?,
         stall_timeout: b.stall_timeout.to_std().map_err(|e| e.to_string())?,
         pre_escalation_grace: b.pre_escalation_grace.to_std().map_err(|e| e.to_string())?,
+        answer_timeout: b.answer_timeout.to_std().map_err(|e| e.to_string())?,
     })
 }
 
@@ -877,6 +879,193 @@ impl Work {
         self.adapters.shell().await.map_err(executor_error)
     }
 
+    /// A recorded answer whose respond command is not confirmed sent yet (a crash between
+    /// recording and sending): it is re-sent with the same `commandId`.
+    fn answer_in_flight(&self, request_id: &str) -> bool {
+        self.st
+            .answer
+            .as_ref()
+            .is_some_and(|a| a.request_id == request_id && a.sent_at.is_none())
+    }
+
+    /// The human's answer from the `afk.dev/answer` annotation, when it answers the recorded
+    /// question: `Ok(Some)` to send, `Err(why)` when it is stale or malformed (it is then removed
+    /// with a Warning Event), `Ok(None)` when there is none.
+    fn recorded_answer(&self) -> Option<Result<Respond, String>> {
+        let raw = self.run.annotations().get(ANSWER_ANNOTATION)?;
+        let question = self.st.question.as_ref()?;
+        Some(parse_answer(question, raw))
+    }
+
+    /// Record what the agent waits on (read from the thread's activities) and wait for a human.
+    async fn ask_human(&mut self, message: String) -> Result<(), Error> {
+        let Some(thread_id) = self.st.thread_id.clone() else {
+            return Ok(());
+        };
+        let detail = self
+            .adapters
+            .executor
+            .thread(&thread_id)
+            .await
+            .map_err(executor_error)?;
+        let Some(pending) = t3::pending_request(&detail) else {
+            // The flags say pending but the activities do not (yet): look again next time.
+            return Ok(());
+        };
+        if self
+            .st
+            .answer
+            .as_ref()
+            .is_some_and(|a| a.request_id == pending.request_id)
+        {
+            // Already answered; T3 has not caught up.
+            return Ok(());
+        }
+        let question = question_from(&pending, self.time());
+        self.st.message = Some(
+            format!("{message}: {}", question.text)
+                .chars()
+                .take(1024)
+                .collect(),
+        );
+        self.st.question = Some(question);
+        self.st.phase = Some(Phase::WaitingForHuman);
+        self.st.reason = Some("WaitingForAnswer".into());
+        self.save().await
+    }
+
+    /// The `needs-answer` bell for the recorded question, at least once (the question is on
+    /// record before it rings; `notified` marks delivery).
+    async fn ring_question(&mut self) -> Result<(), Error> {
+        let n = render::notification(NotificationKind::NeedsAnswer, &self.view());
+        let msg = Outgoing {
+            title: n.title.clone(),
+            body: n.body.clone(),
+            ntfy_priority: n.ntfy_priority,
+            tags: n.tags.iter().map(|t| t.to_string()).collect(),
+            click: n.click.clone(),
+            slack: render::slack_payload(&n),
+        };
+        for notifier in self.adapters.notifiers.clone() {
+            if let Err(e) = notifier.deliver(&msg).await {
+                self.event(
+                    true,
+                    "NotificationFailed",
+                    format!("{} delivery failed: {e}", notifier.channel()),
+                )
+                .await;
+            }
+        }
+        if let Some(q) = self.st.question.as_mut() {
+            q.notified = true;
+        }
+        self.save().await
+    }
+
+    /// Send the human's answer exactly once: record the intent (deterministic `commandId`),
+    /// send, record the receipt, then drop the question and the annotation.
+    async fn send_answer(&mut self) -> Result<(), Error> {
+        let Some(question) = self.st.question.clone() else {
+            return Ok(());
+        };
+        let Some(thread_id) = self.st.thread_id.clone() else {
+            return Ok(());
+        };
+        let respond = match (
+            self.answer_in_flight(&question.request_id),
+            self.recorded_answer(),
+        ) {
+            (_, Some(Ok(r))) => r,
+            // Recorded, not confirmed sent, and the annotation was removed by hand: nothing left
+            // to send; wait for a new answer.
+            (true, _) => {
+                tracing::warn!("answer recorded but its annotation is gone; waiting for a new answer");
+                self.st.answer = None;
+                return self.save().await;
+            }
+            (false, Some(Err(why))) => {
+                self.event(true, "InvalidAnswer", why).await;
+                self.remove_answer_annotation().await?;
+                return Ok(());
+            }
+            (false, None) => return Ok(()),
+        };
+        if !self.answer_in_flight(&question.request_id) {
+            self.st.answer = Some(AnswerIntent {
+                request_id: question.request_id.clone(),
+                command_id: derived_id(&[&self.uid(), "answer", &question.request_id]),
+                by: respond.by.clone(),
+                minted_at: self.time(),
+                sent_at: None,
+            });
+            self.save().await?;
+        }
+        let command_id = self.st.answer.as_ref().expect("recorded").command_id.clone();
+        let created_at = self.now.to_string();
+        let command = match respond.body {
+            RespondBody::Decision(decision) => Command::ThreadApprovalRespond {
+                command_id,
+                thread_id,
+                request_id: question.request_id.clone(),
+                decision,
+                created_at,
+            },
+            RespondBody::Answers(answers) => Command::ThreadUserInputRespond {
+                command_id,
+                thread_id,
+                request_id: question.request_id.clone(),
+                answers,
+                created_at,
+            },
+        };
+        match self.adapters.executor.dispatch(&command).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if e.is_unauthorized() => return Err(Error::ExecutorUnauthorized(e)),
+            Err(e) => {
+                // T3 rejected it for good (a request it no longer knows): say so and wait for
+                // the thread to show what it waits on now.
+                self.event(true, "AnswerRejected", format!("T3 rejected the answer: {e}"))
+                    .await;
+            }
+        }
+        let now = self.time();
+        if let Some(a) = self.st.answer.as_mut() {
+            a.sent_at = Some(now);
+        }
+        self.st.question = None;
+        self.st.phase = Some(Phase::Working);
+        self.st.reason = Some("Answered".into());
+        self.st.message = Some(format!(
+            "{} answered; the agent is working",
+            respond.by.as_deref().unwrap_or("a human")
+        ));
+        self.save().await?;
+        self.event(
+            false,
+            "Answered",
+            format!("answer to {} sent to the agent", question.request_id),
+        )
+        .await;
+        self.remove_answer_annotation().await
+    }
+
+    /// Remove `afk.dev/answer` (a metadata patch; the answer is in status by now).
+    async fn remove_answer_annotation(&self) -> Result<(), Error> {
+        if !self.run.annotations().contains_key(ANSWER_ANNOTATION) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {ANSWER_ANNOTATION: null}}});
+        self.api
+            .patch(
+                &self.run.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// One reconcile of a live run: finish a half-sent intent, observe, decide, act, write
     /// status, converge labels and the checklist.
     async fn step(&mut self) -> Result<Action, Error> {
@@ -953,6 +1142,16 @@ impl Work {
             last_turn_sent_at: last_turn_sent,
             last_turn_commit: ff.last_turn.as_ref().and_then(|t| t.commit.clone()),
             previous_turn_id: ff.last_turn.as_ref().and_then(|t| t.previous_turn_id.clone()),
+            question: self.st.question.as_ref().map(|q| QuestionState {
+                asked_at: q.asked_at.0,
+                answer_ready: self.answer_in_flight(&q.request_id) || self.recorded_answer().is_some(),
+            }),
+            resumed_at: self
+                .st
+                .answer
+                .as_ref()
+                .and_then(|a| a.sent_at.as_ref())
+                .map(|t| t.0),
             thread,
             commit: self.st.commit.clone(),
             ci: self.st.ci.as_ref().map(|c| c.verdict),
@@ -970,6 +1169,14 @@ impl Work {
             RunAction::Settled => {}
             RunAction::Dispatch => self.dispatch().await?,
             RunAction::Wait => {
+                self.st.phase = Some(decision.phase);
+                self.st.reason = Some(decision.reason.to_string());
+                self.st.message = Some(decision.message.clone());
+            }
+            RunAction::AskHuman => self.ask_human(decision.message.clone()).await?,
+            RunAction::SendAnswer => self.send_answer().await?,
+            RunAction::ForgetQuestion => {
+                self.st.question = None;
                 self.st.phase = Some(decision.phase);
                 self.st.reason = Some(decision.reason.to_string());
                 self.st.message = Some(decision.message.clone());
@@ -1006,6 +1213,9 @@ impl Work {
             self.terminal_effects().await?;
             return Ok(Action::await_change());
         }
+        if self.st.question.as_ref().is_some_and(|q| !q.notified) {
+            self.ring_question().await?;
+        }
         if self.st.dispatch.as_ref().is_some_and(|d| d.sent_at.is_some()) {
             self.converge_live_labels().await?;
             self.sync_checklist().await?;
@@ -1021,6 +1231,141 @@ impl Work {
                 .run_requeue
                 .mul_f64(0.9 + f64::from(nanos % 200) / 1000.0),
         ))
+    }
+}
+
+/// What to send for an answer.
+#[derive(Clone, Debug, PartialEq)]
+struct Respond {
+    body: RespondBody,
+    by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum RespondBody {
+    /// `thread.approval.respond` decision.
+    Decision(String),
+    /// `thread.user-input.respond` answers by question id.
+    Answers(std::collections::BTreeMap<String, serde_json::Value>),
+}
+
+/// Read an `afk.dev/answer` annotation against the recorded question (SPEC §4.3): `id` must be
+/// the question's `requestId`; approvals take a `decision`; questions take `answers` (by
+/// question id) or, for a single question, `text`.
+fn parse_answer(question: &Question, raw: &str) -> Result<Respond, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("afk.dev/answer is not JSON: {e}"))?;
+    let id = v
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if id != question.request_id {
+        return Err(format!(
+            "afk.dev/answer names request {id:?}, but the agent waits on {:?}: ignored as stale",
+            question.request_id
+        ));
+    }
+    let by = v
+        .get("by")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let body = match question.kind {
+        QuestionKind::Approval => {
+            let decision = v
+                .get("decision")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            if !t3::DECISIONS.contains(&decision) {
+                return Err(format!(
+                    "an approval needs `decision`, one of {}",
+                    t3::DECISIONS.join(", ")
+                ));
+            }
+            RespondBody::Decision(decision.to_string())
+        }
+        QuestionKind::UserInput => {
+            let valid = |a: &serde_json::Value| {
+                a.is_string()
+                    || a.as_array()
+                        .is_some_and(|l| l.iter().all(serde_json::Value::is_string))
+            };
+            match (
+                v.get("answers").and_then(serde_json::Value::as_object),
+                v.get("text").and_then(serde_json::Value::as_str),
+            ) {
+                (Some(answers), _) => {
+                    let known = |k: &String| question.questions.iter().any(|q| &q.id == k);
+                    if answers.is_empty() || !answers.iter().all(|(k, a)| known(k) && valid(a)) {
+                        return Err(
+                            "`answers` must map the asked question ids to text or lists of labels".into(),
+                        );
+                    }
+                    RespondBody::Answers(answers.clone().into_iter().collect())
+                }
+                (None, Some(text)) if question.questions.len() == 1 && !text.trim().is_empty() => {
+                    RespondBody::Answers([(question.questions[0].id.clone(), serde_json::json!(text))].into())
+                }
+                (None, Some(_)) => {
+                    return Err("several questions were asked: give `answers` by question id".into());
+                }
+                (None, None) => return Err("an answer needs `text` or `answers`".into()),
+            }
+        }
+    };
+    Ok(Respond { body, by })
+}
+
+/// The status form of a pending request, with one human-readable line.
+fn question_from(pending: &t3::PendingRequest, now: Time) -> Question {
+    match &pending.ask {
+        t3::Ask::Approval { request_kind, detail } => Question {
+            kind: QuestionKind::Approval,
+            request_id: pending.request_id.clone(),
+            text: format!(
+                "approve {request_kind}{}",
+                detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+            )
+            .chars()
+            .take(1024)
+            .collect(),
+            request_kind: Some(request_kind.clone()),
+            detail: detail.clone(),
+            questions: vec![],
+            asked_at: now,
+            notified: false,
+        },
+        t3::Ask::UserInput { questions } => Question {
+            kind: QuestionKind::UserInput,
+            request_id: pending.request_id.clone(),
+            text: questions
+                .iter()
+                .map(|q| {
+                    if q.options.is_empty() {
+                        q.question.clone()
+                    } else {
+                        format!("{} ({})", q.question, q.options.join(" / "))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+                .chars()
+                .take(1024)
+                .collect(),
+            request_kind: None,
+            detail: None,
+            questions: questions
+                .iter()
+                .map(|q| QuestionItem {
+                    id: q.id.clone(),
+                    header: q.header.clone(),
+                    question: q.question.clone(),
+                    options: q.options.clone(),
+                    multi_select: q.multi_select,
+                })
+                .collect(),
+            asked_at: now,
+            notified: false,
+        },
     }
 }
 

@@ -498,6 +498,14 @@ pub struct Budgets {
     /// before the run is handed to a human (Go duration).
     #[serde(default = "default_pre_escalation_grace")]
     pub pre_escalation_grace: GoDuration,
+    /// How long a run waits for a human to answer its agent (`WaitingForHuman`) before the
+    /// turn is interrupted and the run handed to a human (Go duration).
+    #[serde(default = "default_answer_timeout")]
+    pub answer_timeout: GoDuration,
+}
+
+fn default_answer_timeout() -> GoDuration {
+    GoDuration::new("24h")
 }
 
 fn default_fix_forward_attempts() -> u32 {
@@ -520,6 +528,7 @@ impl Default for Budgets {
             fix_forward_max_duration: default_fix_forward_duration(),
             stall_timeout: default_stall_timeout(),
             pre_escalation_grace: default_pre_escalation_grace(),
+            answer_timeout: default_answer_timeout(),
         }
     }
 }

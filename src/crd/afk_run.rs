@@ -300,6 +300,80 @@ pub struct CommandIntent {
     pub sent_at: Option<Time>,
 }
 
+/// Whether the agent waits on an approval or on answers to questions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuestionKind {
+    /// A tool call waits for approval (`thread.approval.respond`).
+    Approval,
+    /// The agent asked questions (`thread.user-input.respond`).
+    UserInput,
+}
+
+/// One question the agent asked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionItem {
+    /// The id an answer is keyed by.
+    pub id: String,
+    /// Short header.
+    #[serde(default)]
+    pub header: String,
+    /// The question.
+    pub question: String,
+    /// The offered option labels (free text is accepted too).
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// Several options may be chosen.
+    #[serde(default)]
+    pub multi_select: bool,
+}
+
+/// What the agent waits on (read from the thread's `approval.requested` /
+/// `user-input.requested` activity).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Question {
+    /// Approval or user input.
+    pub kind: QuestionKind,
+    /// T3's `requestId`; an answer must name it (a stale answer is ignored).
+    pub request_id: String,
+    /// One human-readable line: the approval's kind and detail, or the questions.
+    pub text: String,
+    /// For approvals: `command`, `file-read` or `file-change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_kind: Option<String>,
+    /// For approvals: what is to be approved (e.g. the command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For user input: the questions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub questions: Vec<QuestionItem>,
+    /// When the run started waiting.
+    pub asked_at: Time,
+    /// The `needs-answer` doorbell was delivered (or gave up) for this question.
+    #[serde(default)]
+    pub notified: bool,
+}
+
+/// An answer on its way to the agent: recorded, then sent with a deterministic `commandId`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerIntent {
+    /// The request it answers.
+    pub request_id: String,
+    /// The respond command's id (derived from the run and the request).
+    pub command_id: String,
+    /// Who answered (from the annotation), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When it was recorded.
+    pub minted_at: Time,
+    /// When T3 accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Time>,
+}
+
 /// Fix-forward bookkeeping.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -369,6 +443,12 @@ pub struct AfkRunStatus {
     /// The recorded interrupt, when the turn was or is being interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupt: Option<CommandIntent>,
+    /// What the agent waits on while the run is `WaitingForHuman`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<Question>,
+    /// The latest answer sent to the agent (recorded before it is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<AnswerIntent>,
     /// The commit under verification (full SHA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,

@@ -26,6 +26,10 @@ pub const FIELD_MANAGER: &str = "afk.dev/controller";
 pub const RUN_FINALIZER: &str = "afk.dev/cleanup";
 /// Annotation on an AfkConfig that stops the loop; its value is the human's reason.
 pub const EMERGENCY_STOP_ANNOTATION: &str = "afk.dev/emergency-stop";
+/// Annotation on an AfkRun carrying a human's answer to the agent's pending request (SPEC
+/// §4.3): a JSON object `{id, decision | text | answers, by?, at?}`. An annotation, not a spec
+/// field, so GitOps never reverts it; the controller removes it once the answer is sent.
+pub const ANSWER_ANNOTATION: &str = "afk.dev/answer";
 /// Pod-template annotation naming the commit a Deployment runs (an alternative to an image tag).
 pub const GROUP_COMMIT_ANNOTATION: &str = "afk.dev/commit";
 /// Label on every AfkRun naming the AfkConfig that created it (for cheap list selectors).

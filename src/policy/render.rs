@@ -218,6 +218,8 @@ pub enum NotificationKind {
     Frozen,
     /// A permanent error (high).
     Failed,
+    /// The agent waits on a human's answer; the run goes on in the same thread (high).
+    NeedsAnswer,
 }
 
 impl NotificationKind {
@@ -239,6 +241,7 @@ impl NotificationKind {
             NotificationKind::NeedsHuman => "needs-human",
             NotificationKind::Frozen => "frozen",
             NotificationKind::Failed => "failed",
+            NotificationKind::NeedsAnswer => "needs-answer",
         }
     }
 
@@ -290,6 +293,7 @@ pub fn notification(kind: NotificationKind, v: &RunView<'_>) -> Notification {
         NotificationKind::NeedsHuman => "needs a human",
         NotificationKind::Frozen => "frozen",
         NotificationKind::Failed => "failed",
+        NotificationKind::NeedsAnswer => "needs an answer",
     };
     let title = format!("{}#{} {headline}", v.repo, v.issue);
     let mut lines = vec![truncate(v.title, 200)];
@@ -309,7 +313,12 @@ pub fn notification(kind: NotificationKind, v: &RunView<'_>) -> Notification {
             None => format!("Failing stage: {}", stage.as_str()),
         });
     }
-    if kind != NotificationKind::Done {
+    if kind == NotificationKind::NeedsAnswer {
+        lines.push(format!(
+            "Answer from the console, POST /api/afk/runs/<namespace>/{}/answer, or kubectl annotate afkrun {} afk.dev/answer='{{\"id\":\"<requestId>\",\"text\":\"…\"}}'",
+            v.name, v.name
+        ));
+    } else if kind != NotificationKind::Done {
         lines.push(format!(
             "Fix-forward: {} of {} attempts",
             v.fix_forward_attempts, v.fix_forward_max_attempts
@@ -323,6 +332,7 @@ pub fn notification(kind: NotificationKind, v: &RunView<'_>) -> Notification {
         NotificationKind::NeedsHuman => vec!["raising_hand", "afk"],
         NotificationKind::Frozen => vec!["ice_cube", "afk"],
         NotificationKind::Failed => vec!["x", "afk"],
+        NotificationKind::NeedsAnswer => vec!["question", "afk"],
     };
     Notification {
         kind,
@@ -349,6 +359,7 @@ pub fn slack_payload(n: &Notification) -> serde_json::Value {
         NotificationKind::NeedsHuman => ":raising_hand:",
         NotificationKind::Frozen => ":ice_cube:",
         NotificationKind::Failed => ":x:",
+        NotificationKind::NeedsAnswer => ":question:",
     };
     let text = format!("{emoji} *{}*\n{}", escape_slack(&n.title), escape_slack(&n.body));
     let mut blocks = vec![serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})];

@@ -127,6 +127,17 @@ pub struct Budgets {
     pub stall_timeout: Duration,
     /// Time a finished turn gets for its push to show up.
     pub pre_escalation_grace: Duration,
+    /// How long a human may take to answer the agent.
+    pub answer_timeout: Duration,
+}
+
+/// A question of the agent recorded in status (`WaitingForHuman`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuestionState {
+    /// When the run started waiting.
+    pub asked_at: Timestamp,
+    /// A human's answer for this very request is recorded and not sent yet.
+    pub answer_ready: bool,
 }
 
 /// Everything the decision reads about one run, at one instant.
@@ -146,6 +157,10 @@ pub struct RunObservation {
     pub last_turn_commit: Option<String>,
     /// The turn that was latest when the latest turn was sent: it is never the one we wait for.
     pub previous_turn_id: Option<String>,
+    /// The agent's recorded question, while the run waits for a human.
+    pub question: Option<QuestionState>,
+    /// When the latest answer reached the agent: the stall timer restarts there.
+    pub resumed_at: Option<Timestamp>,
     /// The thread.
     pub thread: ThreadObservation,
     /// The newest commit belonging to the run.
@@ -171,6 +186,13 @@ pub enum RunAction {
     Dispatch,
     /// Nothing to do until something changes.
     Wait,
+    /// Read the pending request from the thread, record it as `status.question` and ring
+    /// `needs-answer` once.
+    AskHuman,
+    /// Send the recorded answer (`thread.approval.respond` / `thread.user-input.respond`).
+    SendAnswer,
+    /// The request is no longer pending in T3 (answered elsewhere): drop the question.
+    ForgetQuestion,
     /// Send corrective turn number `attempt` on the same thread.
     SendCorrectiveTurn {
         /// 1-based attempt number.
@@ -432,15 +454,48 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
         );
     }
 
-    // Row 3: the agent waits on an approval or an answer.
-    if let ThreadObservation::Seen(view) = &obs.thread
-        && (view.pending_approval || view.pending_user_input)
-    {
+    // Rows 3–5: the agent waits on an approval or an answer; a human answers (same thread), or
+    // nobody does within answerTimeout.
+    let pending =
+        matches!(&obs.thread, ThreadObservation::Seen(v) if v.pending_approval || v.pending_user_input);
+    if let Some(q) = &obs.question {
+        if q.answer_ready {
+            return decision(
+                RunAction::SendAnswer,
+                Working,
+                "Answered",
+                "sending the human's answer to the agent",
+            );
+        }
+        if elapsed(q.asked_at, obs.now) >= obs.budgets.answer_timeout {
+            return decision(
+                RunAction::Finish { interrupt: true },
+                NeedsHuman,
+                "AgentAskedForInput",
+                "nobody answered the agent within answerTimeout",
+            );
+        }
+        if matches!(obs.thread, ThreadObservation::Seen(_)) && !pending {
+            return decision(
+                RunAction::ForgetQuestion,
+                Working,
+                "Working",
+                "the agent's request was answered in T3; the agent is working",
+            );
+        }
         return decision(
-            RunAction::Finish { interrupt: true },
-            NeedsHuman,
-            "AgentAskedForInput",
-            "the agent is waiting for an approval or an answer",
+            RunAction::Wait,
+            WaitingForHuman,
+            "WaitingForAnswer",
+            "waiting for a human to answer the agent (status.question)",
+        );
+    }
+    if pending {
+        return decision(
+            RunAction::AskHuman,
+            WaitingForHuman,
+            "WaitingForAnswer",
+            "the agent waits on an approval or an answer",
         );
     }
 
@@ -454,7 +509,8 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
     };
     match progress {
         TurnProgress::Running { sent } => {
-            if elapsed(sent, obs.now) >= obs.budgets.stall_timeout {
+            let since = obs.resumed_at.map_or(sent, |r| r.max(sent));
+            if elapsed(since, obs.now) >= obs.budgets.stall_timeout {
                 return decision(
                     RunAction::Finish { interrupt: true },
                     NeedsHuman,
@@ -584,6 +640,7 @@ mod tests {
             max_duration: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(3 * 3600),
             pre_escalation_grace: Duration::from_secs(120),
+            answer_timeout: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -612,6 +669,8 @@ mod tests {
             last_turn_sent_at: Some(t(0)),
             last_turn_commit: None,
             previous_turn_id: None,
+            question: None,
+            resumed_at: None,
             thread: ThreadObservation::Seen(running_view()),
             commit: None,
             ci: None,
@@ -985,25 +1044,82 @@ mod tests {
     }
 
     #[test]
-    fn agent_asking_for_input_needs_a_human() {
+    fn an_agent_asking_waits_for_a_human_in_the_same_thread() {
         for (approval, input) in [(true, false), (false, true)] {
+            let asking = ThreadObservation::Seen(ThreadView {
+                pending_approval: approval,
+                pending_user_input: input,
+                ..running_view()
+            });
             let obs = RunObservation {
-                thread: ThreadObservation::Seen(ThreadView {
-                    pending_approval: approval,
-                    pending_user_input: input,
-                    ..running_view()
-                }),
+                thread: asking.clone(),
                 ..working()
             };
             assert_eq!(
                 row(&obs),
+                (RunAction::AskHuman, Phase::WaitingForHuman, "WaitingForAnswer")
+            );
+            let waiting = RunObservation {
+                phase: Phase::WaitingForHuman,
+                question: Some(QuestionState {
+                    asked_at: t(100),
+                    answer_ready: false,
+                }),
+                ..obs.clone()
+            };
+            assert_eq!(
+                row(&waiting),
+                (RunAction::Wait, Phase::WaitingForHuman, "WaitingForAnswer")
+            );
+            let answered = RunObservation {
+                question: Some(QuestionState {
+                    asked_at: t(100),
+                    answer_ready: true,
+                }),
+                ..waiting.clone()
+            };
+            assert_eq!(
+                row(&answered),
+                (RunAction::SendAnswer, Phase::Working, "Answered")
+            );
+            let too_late = RunObservation {
+                now: t(100 + 24 * 3600),
+                ..waiting.clone()
+            };
+            assert_eq!(
+                row(&too_late),
                 (
                     RunAction::Finish { interrupt: true },
                     Phase::NeedsHuman,
                     "AgentAskedForInput"
                 )
             );
+            let elsewhere = RunObservation {
+                thread: ThreadObservation::Seen(running_view()),
+                ..waiting.clone()
+            };
+            assert_eq!(row(&elsewhere).0, RunAction::ForgetQuestion);
+            let unknown = RunObservation {
+                thread: ThreadObservation::Unknown,
+                ..waiting
+            };
+            assert_eq!(row(&unknown).0, RunAction::Wait, "T3 not answering: keep waiting");
         }
+    }
+
+    #[test]
+    fn the_stall_timer_restarts_when_an_answer_reaches_the_agent() {
+        let obs = RunObservation {
+            now: t(3 * 3600 + 10),
+            resumed_at: Some(t(3 * 3600)),
+            ..working()
+        };
+        assert_eq!(row(&obs), (RunAction::Wait, Phase::Working, "Working"));
+        let later = RunObservation {
+            now: t(6 * 3600),
+            ..obs
+        };
+        assert_eq!(row(&later).2, "Stalled");
     }
 
     #[test]
@@ -1188,6 +1304,7 @@ mod tests {
 
     fn arb_phase() -> impl Strategy<Value = Phase> {
         prop_oneof![
+            Just(Phase::WaitingForHuman),
             Just(Phase::Pending),
             Just(Phase::Dispatching),
             Just(Phase::Working),
@@ -1270,11 +1387,14 @@ mod tests {
             attempts in 0u32..8, first_red in proptest::option::of(-10_000i64..1000),
             last_commit in proptest::option::of(prop_oneof![Just(SHA.to_string()), Just("0ther000".to_string())]),
             prev in proptest::option::of(prop_oneof![Just("turn-1".to_string()), Just("turn-2".to_string())]),
+            question in proptest::option::of((-100_000i64..1000, any::<bool>())),
             now in -1000i64..20_000,
         ) {
             let obs = RunObservation {
                 phase, cancel_requested: cancel, emergency_stop: stop, suspended,
-                last_turn_sent_at: sent.map(t), last_turn_commit: last_commit, previous_turn_id: prev, thread, commit, ci,
+                last_turn_sent_at: sent.map(t), last_turn_commit: last_commit, previous_turn_id: prev,
+                question: question.map(|(at, ready)| QuestionState { asked_at: t(at), answer_ready: ready }),
+                resumed_at: None, thread, commit, ci,
                 fix_forward_attempts: attempts, first_red_at: first_red.map(t),
                 budgets: budgets(), now: t(now),
             };
@@ -1293,6 +1413,9 @@ mod tests {
                     }
                     RunAction::Dispatch => prop_assert!(sent.is_none() && !suspended),
                     RunAction::Wait => prop_assert!(!d.phase.is_terminal()),
+                    RunAction::AskHuman => prop_assert!(d.phase == Phase::WaitingForHuman && obs.question.is_none()),
+                    RunAction::SendAnswer => prop_assert!(obs.question.as_ref().is_some_and(|q| q.answer_ready)),
+                    RunAction::ForgetQuestion => prop_assert!(obs.question.is_some()),
                 }
                 if cancel || stop {
                     prop_assert_eq!(d.phase, Phase::Cancelled);

@@ -67,6 +67,8 @@ struct Thread {
     pending_approval: bool,
     pending_user_input: bool,
     messages: Vec<Value>,
+    /// Approval and user-input activities (contract §7.3), oldest first.
+    activities: Vec<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -243,16 +245,70 @@ impl FakeT3 {
     }
 
     /// Raise a pending approval (`true`) or user-input request (`false`) on a thread.
-    pub fn raise_request(&self, thread_id: &str, approval: bool) {
+    pub fn raise_request(&self, thread_id: &str, approval: bool) -> String {
+        if approval {
+            self.raise_approval(thread_id, "command", "cargo publish")
+        } else {
+            self.raise_question(
+                thread_id,
+                json!([{"id": "db", "header": "Database", "question": "Which database should the cache use?",
+                        "options": [{"label": "Postgres", "description": "the existing cluster"},
+                                    {"label": "SQLite", "description": "a file next to the service"}],
+                        "multiSelect": false}]),
+            )
+        }
+    }
+
+    /// The agent asks for an approval (`approval.requested`, contract §7.3); returns the
+    /// `requestId`.
+    pub fn raise_approval(&self, thread_id: &str, request_kind: &str, detail: &str) -> String {
+        self.open_request(thread_id, |request_id| {
+            json!({"kind": "approval.requested", "tone": "approval", "summary": "Approval requested",
+                   "payload": {"requestId": request_id, "requestKind": request_kind,
+                               "requestType": format!("{request_kind}_approval"), "detail": detail}})
+        })
+    }
+
+    /// The agent asks questions (`user-input.requested`, contract §7.3); returns the `requestId`.
+    pub fn raise_question(&self, thread_id: &str, questions: Value) -> String {
+        self.open_request(thread_id, |request_id| {
+            json!({"kind": "user-input.requested", "tone": "info", "summary": "User input requested",
+                   "payload": {"requestId": request_id, "questions": questions}})
+        })
+    }
+
+    fn open_request(&self, thread_id: &str, activity: impl FnOnce(&str) -> Value) -> String {
         self.with(|s| {
+            s.sequence += 1;
+            let request_id = format!("req-{}", s.sequence);
             if let Some(t) = s.threads.get_mut(thread_id) {
+                let mut a = activity(&request_id);
+                let approval = a["kind"] == "approval.requested";
+                a["id"] = json!(format!("act-{request_id}"));
+                a["createdAt"] = json!(now());
+                a["turnId"] = t
+                    .latest_turn
+                    .as_ref()
+                    .map(|turn| turn["turnId"].clone())
+                    .unwrap_or(Value::Null);
+                t.activities.push(a);
                 if approval {
                     t.pending_approval = true;
                 } else {
                     t.pending_user_input = true;
                 }
             }
-        });
+            request_id
+        })
+    }
+
+    /// The respond commands this thread received, in order (what the agent was told).
+    pub fn responses(&self, thread_id: &str) -> Vec<Value> {
+        self.applied_of("thread.approval.respond")
+            .into_iter()
+            .chain(self.applied_of("thread.user-input.respond"))
+            .filter(|c| c["threadId"] == thread_id)
+            .collect()
     }
 
     /// Force raw state values (e.g. an unknown `session.status`) for tolerance tests.
@@ -447,7 +503,7 @@ async fn thread_detail(
         Some(t) => {
             let mut thread = thread_shell(&id, t);
             thread["messages"] = json!(t.messages);
-            thread["activities"] = json!([]);
+            thread["activities"] = json!(t.activities);
             thread["checkpoints"] = json!([]);
             thread["proposedPlans"] = json!([]);
             thread["deletedAt"] = Value::Null;
@@ -571,6 +627,31 @@ fn decode(cmd: &Value) -> Result<String, ()> {
             let id = non_empty_str(cmd, "threadId").ok_or(())?;
             non_empty_str(cmd, "createdAt").ok_or(())?;
             Ok(id)
+        }
+        "thread.approval.respond" => {
+            let id = non_empty_str(cmd, "threadId").ok_or(())?;
+            non_empty_str(cmd, "requestId").ok_or(())?;
+            non_empty_str(cmd, "createdAt").ok_or(())?;
+            if !enum_ok(
+                cmd,
+                "decision",
+                &["accept", "acceptForSession", "decline", "cancel"],
+                true,
+            ) {
+                return Err(());
+            }
+            Ok(id)
+        }
+        "thread.user-input.respond" => {
+            let id = non_empty_str(cmd, "threadId").ok_or(())?;
+            non_empty_str(cmd, "requestId").ok_or(())?;
+            non_empty_str(cmd, "createdAt").ok_or(())?;
+            // Each answer is a label, a list of labels, or free text (contract §5.8).
+            let answers = cmd.get("answers").and_then(Value::as_object).ok_or(())?;
+            let ok = answers
+                .values()
+                .all(|v| v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
+            if ok { Ok(id) } else { Err(()) }
         }
         _ => Err(()),
     }
@@ -704,6 +785,7 @@ fn apply(s: &mut T3State, cmd: &Value) -> Result<Option<Response>, ()> {
                     pending_approval: false,
                     pending_user_input: false,
                     messages: vec![],
+                    activities: vec![],
                 },
             );
             Ok(None)
@@ -761,6 +843,59 @@ fn apply(s: &mut T3State, cmd: &Value) -> Result<Option<Response>, ()> {
             }
             t.pending_approval = false;
             t.pending_user_input = false;
+            Ok(None)
+        }
+        // The contract (§5.7/§5.8, §7.3) says a respond to a request that is no longer pending
+        // is accepted by the decider and then closed by a `provider.*.respond.failed` activity
+        // ("stale"); it does not say it is rejected, so the fake accepts it the same way.
+        "thread.approval.respond" | "thread.user-input.respond" => {
+            let id = str_of("threadId");
+            let request_id = str_of("requestId");
+            let approval = cmd["type"] == "thread.approval.respond";
+            let Some(t) = s.threads.get_mut(&id).filter(|t| !t.deleted) else {
+                return Err(());
+            };
+            let opened = if approval {
+                "approval.requested"
+            } else {
+                "user-input.requested"
+            };
+            let pending = t
+                .activities
+                .iter()
+                .any(|a| a["kind"] == opened && a["payload"]["requestId"] == request_id.as_str())
+                && !t.activities.iter().any(|a| {
+                    a["payload"]["requestId"] == request_id.as_str()
+                        && a["kind"]
+                            .as_str()
+                            .is_some_and(|k| k.ends_with(".resolved") || k.ends_with(".failed"))
+                });
+            let activity = match (pending, approval) {
+                (true, true) => json!({"kind": "approval.resolved", "tone": "approval",
+                    "payload": {"requestId": request_id, "decision": cmd["decision"]}}),
+                (true, false) => json!({"kind": "user-input.resolved", "tone": "info",
+                    "payload": {"requestId": request_id, "answers": cmd["answers"]}}),
+                (false, true) => json!({"kind": "provider.approval.respond.failed", "tone": "error",
+                    "payload": {"requestId": request_id, "detail": "stale approval request"}}),
+                (false, false) => json!({"kind": "provider.user-input.respond.failed", "tone": "error",
+                    "payload": {"requestId": request_id, "detail": "stale user input request"}}),
+            };
+            let mut activity = activity;
+            activity["createdAt"] = json!(now());
+            t.activities.push(activity);
+            let still_open = |kind: &str| {
+                t.activities.iter().any(|a| {
+                    a["kind"] == kind
+                        && !t.activities.iter().any(|c| {
+                            c["payload"]["requestId"] == a["payload"]["requestId"]
+                                && c["kind"]
+                                    .as_str()
+                                    .is_some_and(|k| k.ends_with(".resolved") || k.ends_with(".failed"))
+                        })
+                })
+            };
+            t.pending_approval = still_open("approval.requested");
+            t.pending_user_input = still_open("user-input.requested");
             Ok(None)
         }
         _ => Err(()),
