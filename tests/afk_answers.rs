@@ -174,3 +174,91 @@ async fn a_lost_reply_to_the_answer_is_sent_once_in_effect() {
     assert!(respond_posts >= 2, "the lost reply was retried ({respond_posts})");
     assert_eq!(w.t3.responses(&thread).len(), 1, "applied once");
 }
+
+/// Process level, the way a phone does it: the real binary; the agent asks; the run is
+/// `WaitingForHuman` with one bell; the question is read and answered over the sidecar's API
+/// (`GET/POST /api/afk/runs/{ns}/{name}[/answer]`, bearer token); exactly one respond command
+/// reaches T3; the run carries on in the same thread to `Succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_an_answer_from_the_api_and_carries_on() {
+    use support::process::*;
+    let w = World::new().await;
+    w.label_issue(42, "Do it", "alice");
+    let mut served = w.api.serve().await;
+    let kubeconfig = served.kubeconfig();
+    w.apply_config(json!({})).await;
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "phone-token\n").unwrap();
+    let port = free_port();
+    let _op = spawn_operator_with(
+        &kubeconfig,
+        port,
+        &["--api-token-file", token_file.path().to_str().unwrap()],
+    );
+    w.wait_phase(RUN, Phase::Working).await;
+    let thread = w.thread_id(RUN);
+    let request = w.t3.raise_request(&thread, false);
+    w.wait_phase(RUN, Phase::WaitingForHuman).await;
+    w.wait_for("one needs-answer bell", |w| {
+        w.ntfy_titles() == vec!["acme/app#42 needs an answer"]
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/afk/runs/{NS}/{RUN}");
+    let got: serde_json::Value = http
+        .get(&base)
+        .bearer_auth("phone-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["phase"], "WaitingForHuman");
+    assert_eq!(got["question"]["requestId"], json!(request));
+    // Without the token: 401; a wrong shape: 400; nothing recorded.
+    let unauth = http
+        .post(format!("{base}/answer"))
+        .json(&json!({"text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+    let bad = http
+        .post(format!("{base}/answer"))
+        .bearer_auth("phone-token")
+        .json(&json!({"decision": "accept"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let ok = http
+        .post(format!("{base}/answer"))
+        .bearer_auth("phone-token")
+        .json(&json!({"text": "SQLite"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    w.wait_phase(RUN, Phase::Working).await;
+    let responses = w.t3.responses(&thread);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0]["answers"], json!({"db": "SQLite"}));
+    // Answering again once the run no longer waits: 409.
+    w.wait_for("the question cleared", |w| question(w).is_null())
+        .await;
+    let late = http
+        .post(format!("{base}/answer"))
+        .bearer_auth("phone-token")
+        .json(&json!({"text": "Postgres"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    let sha = w.push(RUN, 1, "success");
+    w.roll_out(&sha);
+    w.end_turn(RUN);
+    w.wait_phase(RUN, Phase::Succeeded).await;
+    assert_eq!(w.t3.responses(&thread).len(), 1);
+    assert_eq!(w.t3.applied_of("thread.create").len(), 1);
+}

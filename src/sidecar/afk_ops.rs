@@ -5,7 +5,7 @@
 
 use axum::{
     Extension, Json,
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{SidecarState, auth::Caller, error};
-use crate::crd::{AfkConfig, AfkRun, EMERGENCY_STOP_ANNOTATION, Phase};
+use crate::crd::{ANSWER_ANNOTATION, AfkConfig, AfkRun, EMERGENCY_STOP_ANNOTATION, Phase, QuestionKind};
 
 /// One run, as the operations view shows it.
 #[derive(Debug, Serialize)]
@@ -43,6 +43,9 @@ pub struct RunView {
     commit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     finished_at: Option<String>,
+    /// What the agent waits on (`WaitingForHuman`): kind, requestId, text, questions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    question: Option<crate::crd::Question>,
 }
 
 fn view(r: &AfkRun) -> RunView {
@@ -61,6 +64,7 @@ fn view(r: &AfkRun) -> RunView {
         thread_url: s.thread_url,
         commit: s.commit,
         finished_at: s.finished_at.map(|t| t.0.to_string()),
+        question: s.question,
     }
 }
 
@@ -259,4 +263,131 @@ pub async fn status(State(state): State<SidecarState>) -> Response {
         .into_response(),
         Err(_) => error(StatusCode::BAD_GATEWAY, "cannot list AfkConfigs", "upstream"),
     }
+}
+
+async fn get_run(
+    state: &SidecarState,
+    namespace: &str,
+    name: &str,
+) -> Result<(Api<AfkRun>, AfkRun), Response> {
+    let Some(c) = state.cluster.as_ref() else {
+        return Err(no_cluster());
+    };
+    let api: Api<AfkRun> = Api::namespaced(c.client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(run)) => Ok((api, run)),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            &format!("AfkRun {namespace}/{name} not found"),
+            "not_found",
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read AfkRun");
+            Err(error(
+                StatusCode::BAD_GATEWAY,
+                "cannot read the AfkRun",
+                "upstream",
+            ))
+        }
+    }
+}
+
+/// `GET /api/afk/runs/{namespace}/{name}`: one run, with what its agent waits on.
+pub async fn run(
+    State(state): State<SidecarState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    match get_run(&state, &namespace, &name).await {
+        Ok((_, run)) => Json(view(&run)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Body of `POST /api/afk/runs/{namespace}/{name}/answer`: a `decision` for an approval, or
+/// `text` (a single question) / `answers` (by question id) for questions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    decision: Option<String>,
+    text: Option<String>,
+    answers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `POST /api/afk/runs/{namespace}/{name}/answer`: record a human's answer on the AfkRun (the
+/// `afk.dev/answer` annotation, naming the pending `requestId`); the controller sends it to T3
+/// exactly once and removes the annotation. 202: recorded, not yet sent.
+pub async fn answer(
+    State(state): State<SidecarState>,
+    Extension(caller): Extension<Caller>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(req): Json<AnswerRequest>,
+) -> Response {
+    let (api, run) = match get_run(&state, &namespace, &name).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let Some(question) = run.status.as_ref().and_then(|s| s.question.clone()) else {
+        return error(
+            StatusCode::CONFLICT,
+            "the run is not waiting for an answer",
+            "not_waiting",
+        );
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("id".into(), json!(question.request_id));
+    let invalid = |m: &str| error(StatusCode::BAD_REQUEST, m, "invalid_request");
+    match question.kind {
+        QuestionKind::Approval => match req.decision.as_deref() {
+            Some(d) if crate::adapters::t3::DECISIONS.contains(&d) => {
+                body.insert("decision".into(), json!(d));
+            }
+            _ => {
+                return invalid(&format!(
+                    "an approval needs `decision`, one of {}",
+                    crate::adapters::t3::DECISIONS.join(", ")
+                ));
+            }
+        },
+        QuestionKind::UserInput => match (req.answers, req.text) {
+            (Some(answers), _) if !answers.is_empty() => {
+                let known = |k: &String| question.questions.iter().any(|q| &q.id == k);
+                let valid = |v: &serde_json::Value| {
+                    v.is_string()
+                        || v.as_array()
+                            .is_some_and(|l| l.iter().all(serde_json::Value::is_string))
+                };
+                if !answers.iter().all(|(k, v)| known(k) && valid(v)) {
+                    return invalid("`answers` must map the asked question ids to text or lists of labels");
+                }
+                body.insert("answers".into(), json!(answers));
+            }
+            (_, Some(text))
+                if question.questions.len() == 1 && !text.trim().is_empty() && text.len() <= 16_384 =>
+            {
+                body.insert("text".into(), json!(text));
+            }
+            _ => return invalid("give `text` (one question, up to 16 KiB) or `answers` by question id"),
+        },
+    }
+    body.insert("by".into(), json!(caller.0));
+    body.insert("at".into(), json!(jiff::Timestamp::now().to_string()));
+    let value = serde_json::Value::Object(body).to_string();
+    let patch = json!({"metadata": {"annotations": {ANSWER_ANNOTATION: value}}});
+    if let Err(e) = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot annotate AfkRun");
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "cannot record the answer on the AfkRun",
+            "upstream",
+        );
+    }
+    tracing::info!(audit = true, caller = ?caller.0, run = %name, request = %question.request_id, "answer recorded");
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"run": name, "requestId": question.request_id, "recorded": true})),
+    )
+        .into_response()
 }

@@ -235,6 +235,8 @@ pub fn router(state: SidecarState) -> Router {
         .route("/api/breakglass/pve/verbs", get(pve::verbs))
         .route("/api/breakglass/pve/{verb}", post(pve::run_verb))
         .route("/api/afk/runs", get(afk_ops::runs))
+        .route("/api/afk/runs/{namespace}/{name}", get(afk_ops::run))
+        .route("/api/afk/runs/{namespace}/{name}/answer", post(afk_ops::answer))
         .route(
             "/api/afk/emergency-stop",
             get(afk_ops::status).post(afk_ops::stop).delete(afk_ops::release),

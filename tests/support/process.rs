@@ -38,6 +38,11 @@ pub fn free_port() -> u16 {
 
 /// Start the binary with short requeues (the production defaults only change timing).
 pub fn spawn_operator(kubeconfig: &Path, port: u16) -> Operator {
+    spawn_operator_with(kubeconfig, port, &[])
+}
+
+/// The same, with extra flags (e.g. `--api-token-file`).
+pub fn spawn_operator_with(kubeconfig: &Path, port: u16, extra: &[&str]) -> Operator {
     let child = Command::new(env!("CARGO_BIN_EXE_afk-operator"))
         .args([
             "run",
@@ -54,6 +59,7 @@ pub fn spawn_operator(kubeconfig: &Path, port: u16) -> Operator {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(extra)
         .env("AFK_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
