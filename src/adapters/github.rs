@@ -185,7 +185,9 @@ impl Default for GitHubOptions {
 #[derive(Clone, Debug)]
 struct CachedPage {
     etag: String,
-    body: Value,
+    /// The response text, not the parsed `Value`: a parsed GitHub object takes several times its
+    /// text in memory, and thousands of cached pages are kept (re-parsed on a 304).
+    body: Arc<str>,
     next: Option<String>,
 }
 
@@ -397,7 +399,7 @@ impl GitHubClient {
         {
             self.not_modified.fetch_add(1, Ordering::Relaxed);
             return Ok(Page {
-                body: c.body,
+                body: serde_json::from_str(&c.body).map_err(|_| decode_err(&target))?,
                 next: c.next,
                 not_modified: true,
             });
@@ -434,7 +436,7 @@ impl GitHubClient {
                 url,
                 CachedPage {
                     etag: etag.to_string(),
-                    body: body.clone(),
+                    body: Arc::from(text.as_str()),
                     next: next.clone(),
                 },
             );
