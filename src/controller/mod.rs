@@ -63,6 +63,9 @@ pub struct Settings {
     pub notify_retry: crate::adapters::retry::RetryPolicy,
     /// At most one AfkRun-triggered poll of an AfkConfig per this window.
     pub config_trigger_window: Duration,
+    /// How often a live run re-reads its issue's labels to heal a lost write (also on every
+    /// phase change and until the in-progress label is first confirmed).
+    pub label_resync: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(300),
             notify_retry: crate::adapters::retry::RetryPolicy::default(),
             config_trigger_window: Duration::from_secs(5),
+            label_resync: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct Context {
     pub adapters: AdapterCache,
     backoff: Mutex<HashMap<String, u32>>,
     checklist_cache: Mutex<HashMap<String, String>>,
+    labels_checked: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -121,6 +126,7 @@ impl Context {
             settings,
             backoff: Mutex::new(HashMap::new()),
             checklist_cache: Mutex::new(HashMap::new()),
+            labels_checked: Mutex::new(HashMap::new()),
         }
     }
 

@@ -730,9 +730,22 @@ impl Work {
 
     /// The label set a live, dispatched run implies: the in-progress label present (the visible
     /// repo lock) and no stale `ready-for-human` from an earlier attempt. Level-triggered: it is
-    /// derived and converged on every reconcile, so a label write lost to a 5xx or a crash heals
-    /// (SPEC §3.2). Reading the labels is a conditional GET (a 304 costs no rate limit).
-    async fn converge_live_labels(&mut self) -> Result<(), Error> {
+    /// derived and converged until confirmed, on every phase change and every `label_resync`,
+    /// so a label write lost to a 5xx or a crash heals (SPEC §3.2). Reading the labels is a
+    /// conditional GET (a 304 costs no rate limit); the resync period keeps a busy loop from
+    /// paying a counted GET after each of its own writes.
+    async fn converge_live_labels(&mut self, phase_changed: bool) -> Result<(), Error> {
+        let uid = self.uid();
+        let recent = self
+            .ctx
+            .labels_checked
+            .lock()
+            .expect("labels")
+            .get(&uid)
+            .is_some_and(|t| t.elapsed() < self.ctx.settings.label_resync);
+        if recent && !phase_changed && self.st.effects.in_progress_label {
+            return Ok(());
+        }
         let (repo, issue) = (self.run.spec.repo.clone(), self.run.spec.issue);
         let labels = self.config.spec.labels.clone();
         let tracker = self.adapters.tracker.clone();
@@ -748,6 +761,11 @@ impl Work {
                 .remove_label(&repo, issue, &labels.ready_for_human)
                 .await?;
         }
+        self.ctx
+            .labels_checked
+            .lock()
+            .expect("labels")
+            .insert(uid, std::time::Instant::now());
         if !self.st.effects.in_progress_label {
             self.st.effects.in_progress_label = true;
             self.save().await?;
@@ -1217,7 +1235,7 @@ impl Work {
             self.ring_question().await?;
         }
         if self.st.dispatch.as_ref().is_some_and(|d| d.sent_at.is_some()) {
-            self.converge_live_labels().await?;
+            self.converge_live_labels(after != before).await?;
             self.sync_checklist().await?;
         }
         // Jitter spreads runs that were dispatched together.

@@ -57,6 +57,7 @@ pub fn fast_settings() -> Settings {
             max_delay: Duration::from_millis(10),
         },
         config_trigger_window: Duration::from_millis(200),
+        label_resync: Duration::ZERO,
     }
 }
 
