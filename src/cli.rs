@@ -142,7 +142,8 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         ready.clone(),
         metrics.clone(),
         Some(cluster),
-    );
+    )
+    .with_routes(args.routes);
     let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
 
     let settings = controller::Settings {

@@ -49,6 +49,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which routes the HTTP server of `afk-operator run` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Routes {
+    /// Every route, the CLI-spawning ones (voice gateway, breakglass, power verbs, console) included.
+    #[default]
+    All,
+    /// Health, readiness, metrics, the GitHub webhook and the AFK operations API only.
+    Controller,
+}
+
 /// Options of `afk-operator run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -83,6 +93,12 @@ pub struct RunArgs {
     /// This replica's identity in the election (the pod name); defaults to the host name.
     #[arg(long, env = "AFK_IDENTITY")]
     pub identity: Option<String>,
+    /// HTTP routes served beside the controllers: `all`, or `controller` (only `/healthz`,
+    /// `/readyz`, `/metrics`, `/webhooks/github`, `/api/afk/*`) when the routes that spawn the
+    /// `claude` CLI run in their own container (`afk-operator sidecar`), where an out-of-memory
+    /// turn cannot kill the controllers.
+    #[arg(long, env = "AFK_ROUTES", value_enum, default_value_t = Routes::All)]
+    pub routes: Routes,
     /// The sidecar served beside the controllers.
     #[command(flatten)]
     pub sidecar: SidecarArgs,
@@ -238,6 +254,7 @@ mod tests {
             Command::Run(args) => {
                 assert_eq!(args.connect_timeout_secs, 10);
                 assert_eq!(args.sidecar.listen.port(), 8080);
+                assert_eq!(args.routes, Routes::All);
             }
             other => panic!("unexpected {other:?}"),
         }

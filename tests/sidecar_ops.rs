@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 
 use afk_operator::controller::Trigger;
 use afk_operator::{
-    config::SidecarArgs,
+    config::{Routes, SidecarArgs},
     crd,
     metrics::Metrics,
     sidecar::{Cluster, SidecarState, router},
@@ -414,6 +414,98 @@ async fn serve(state: &SidecarState) -> (String, tokio::sync::oneshot::Sender<()
         },
     ));
     (base, stop)
+}
+
+/// `run --routes controller` (the chart's controller container) serves health, metrics, the AFK
+/// operations API and the webhook, and answers the CLI-spawning routes with a JSON 404; the full
+/// router (the `sidecar` container) still serves them.
+#[tokio::test]
+async fn controller_routes_leave_the_cli_routes_to_the_sidecar_container() {
+    let s = setup(false, true);
+    let bearer = format!("Bearer {TOKEN}");
+    let client = reqwest::Client::new();
+    let (controller, _stop_controller) = serve(&s.state.clone().with_routes(Routes::Controller)).await;
+    let (full, _stop_full) = serve(&s.state).await;
+
+    let chat = json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client
+        .post(format!("{controller}/v1/chat/completions"))
+        .header("authorization", &bearer)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    for path in [
+        "/v1/models",
+        "/api/breakglass/sessions",
+        "/api/breakglass/pve/verbs",
+        "/console/",
+    ] {
+        let resp = client
+            .get(format!("{controller}{path}"))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+        let resp = client
+            .get(format!("{full}{path}"))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), StatusCode::NOT_FOUND, "{path} on the full router");
+    }
+    let resp = client
+        .post(format!("{controller}/api/breakglass/pve/reset"))
+        .header("authorization", &bearer)
+        .json(&json!({"confirm": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let resp = client
+        .get(format!("{controller}/api/afk/runs"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["inProgress"].is_array(), "{body}");
+    let resp = client
+        .get(format!("{controller}/api/afk/runs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = client.get(format!("{controller}{path}")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    let body = b"{}".to_vec();
+    let resp = client
+        .post(format!("{controller}/webhooks/github"))
+        .header("x-github-event", "ping")
+        .header("x-hub-signature-256", "sha256=00")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), StatusCode::NOT_FOUND, "the webhook is served");
 }
 
 /// API requests other than the cache's own long-running AfkConfig watch.

@@ -876,3 +876,44 @@ async fn unknown_routes_methods_and_oversize_bodies_answer_in_the_one_error_shap
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_setsid_grandchild_dies_with_its_turn() {
+    // The CLI starts a `sleep` in a session of its own (out of the turn's process group, so a
+    // group kill misses it), then answers and exits. The sweep must still kill and reap it.
+    let sc = Sidecar::start(&fake_claude(), &[("CLAUDE_CODE_FAKE_MODE", "setsid")], &[]).await;
+    let escaped_file = format!("{}.escaped", sc.record.display());
+    for stream in [false, true] {
+        let before = std::fs::read_to_string(&escaped_file)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let body = sc
+            .post("/v1/chat/completions", chat("run away", stream, false))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("said"), "{body}");
+        let escaped: Vec<i64> = std::fs::read_to_string(&escaped_file)
+            .unwrap()
+            .lines()
+            .skip(before)
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(escaped.len(), 1, "the fake started one escapee");
+        let pid = escaped[0];
+        let started = std::time::Instant::now();
+        // Gone means no /proc entry at all: killed and reaped (no zombie left to us).
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "setsid grandchild {pid} outlived its turn (stream={stream}): alive={}",
+                alive(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

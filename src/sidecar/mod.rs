@@ -3,7 +3,9 @@
 //! static web console. Bearer-authenticated (`auth`): the voice gateway (`voice`, over the
 //! OpenAI wire format in `openai`), breakglass sessions and VM power verbs (`breakglass`, `pve`),
 //! the AFK operations view and the emergency stop (`afk_ops`). HMAC-verified: the GitHub webhook
-//! (`webhook`). `turns` drives one CLI turn for any of them. Served by a hyper connection loop
+//! (`webhook`). `turns` drives one CLI turn for any of them. `afk-operator run --routes
+//! controller` serves only the routes that spawn nothing (see [`router`]), so the chart can run
+//! the CLI-spawning ones in a container of their own (memory isolation). Served by a hyper connection loop
 //! (`serve`): HTTP/1.1 only, every wait for a request head bounded by the header-read timeout,
 //! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`).
 
@@ -45,7 +47,7 @@ use crate::{
         claude::{AgentCli, AgentSpec, ClaudeCli},
     },
     agents::Agents,
-    config::SidecarArgs,
+    config::{Routes, SidecarArgs},
     metrics::{Metrics, RouteStatus},
 };
 
@@ -89,6 +91,8 @@ pub struct SidecarState {
     pub webhook: Option<Arc<webhook::WebhookSecrets>>,
     /// Cancelled when the server shuts down; open streams end on it.
     pub shutdown: CancellationToken,
+    /// The routes served: all of them, or (`run --routes controller`) none that spawn the CLI.
+    pub routes: Routes,
 }
 
 impl SidecarState {
@@ -169,7 +173,20 @@ impl SidecarState {
             pve: Arc::new(pve::PowerVerbs::new(&args.breakglass)),
             webhook,
             shutdown,
+            routes: Routes::All,
         }
+    }
+
+    /// Serve only `routes`. Without the CLI routes the voice gateway and breakglass are dropped
+    /// too: nothing in this process can start a `claude` turn.
+    #[must_use]
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        if routes == Routes::Controller {
+            self.voice = None;
+            self.breakglass = None;
+        }
+        self.routes = routes;
+        self
     }
 
     /// State for a sidecar without controllers: ready at once.
@@ -212,15 +229,48 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 /// Chat requests carry a dialogue; a spoken one stays far below this.
 pub const MAX_V1_BODY: usize = 256 * 1024;
 
-/// The router with every route the sidecar serves.
+/// The router with the routes `state.routes` selects: health, readiness, metrics, the AFK
+/// operations API and the GitHub webhook always; the voice gateway, breakglass sessions, power
+/// verbs and the console (everything that spawns a process) unless `Routes::Controller`.
 pub fn router(state: SidecarState) -> Router {
+    let afk = Router::new()
+        .route("/api/afk/runs", get(afk_ops::runs))
+        .route("/api/afk/runs/{namespace}/{name}", get(afk_ops::run))
+        .route("/api/afk/runs/{namespace}/{name}/answer", post(afk_ops::answer))
+        .route(
+            "/api/afk/emergency-stop",
+            get(afk_ops::status).post(afk_ops::stop).delete(afk_ops::release),
+        )
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let webhooks = Router::new()
+        .route("/webhooks/github", post(webhook::github))
+        .layer(DefaultBodyLimit::max(webhook::MAX_BODY));
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(afk)
+        .merge(webhooks);
+    if state.routes == Routes::All {
+        app = app.merge(cli_routes(&state));
+    }
+    app.fallback(|| async { error::ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(error::uniform_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// The routes that run the `claude` CLI or ssh, and the console that drives them.
+fn cli_routes(state: &SidecarState) -> Router<SidecarState> {
     let v1 = Router::new()
         .route("/v1/models", get(voice::models))
         .route("/v1/chat/completions", post(voice::chat_completions))
         .route("/v1/conversational", post(voice::conversational))
         .layer(DefaultBodyLimit::max(MAX_V1_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    let api = Router::new()
+    let breakglass = Router::new()
         .route(
             "/api/breakglass/sessions",
             get(breakglass::list).post(breakglass::create),
@@ -234,22 +284,9 @@ pub fn router(state: SidecarState) -> Router {
         .route("/api/breakglass/sessions/{id}/cancel", post(breakglass::cancel))
         .route("/api/breakglass/pve/verbs", get(pve::verbs))
         .route("/api/breakglass/pve/{verb}", post(pve::run_verb))
-        .route("/api/afk/runs", get(afk_ops::runs))
-        .route("/api/afk/runs/{namespace}/{name}", get(afk_ops::run))
-        .route("/api/afk/runs/{namespace}/{name}/answer", post(afk_ops::answer))
-        .route(
-            "/api/afk/emergency-stop",
-            get(afk_ops::status).post(afk_ops::stop).delete(afk_ops::release),
-        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    let webhooks = Router::new()
-        .route("/webhooks/github", post(webhook::github))
-        .layer(DefaultBodyLimit::max(webhook::MAX_BODY));
     Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route(
             "/",
             get(|| async { axum::response::Redirect::temporary("/console/") }),
@@ -263,13 +300,7 @@ pub fn router(state: SidecarState) -> Router {
         .route("/console/app.css", get(console::style))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(v1)
-        .merge(api)
-        .merge(webhooks)
-        .fallback(|| async { error::ApiError::no_route() })
-        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
-        .layer(middleware::from_fn(error::uniform_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .with_state(state)
+        .merge(breakglass)
 }
 
 /// Count every request by route template and status (bounded labels: unmatched routes are `other`).

@@ -8,6 +8,7 @@
 //! request. Stdout is parsed line by line by [`stream`]; stderr is kept (capped) for logs only.
 
 pub mod stream;
+pub mod sweep;
 
 use std::{
     collections::BTreeMap,
@@ -266,6 +267,8 @@ const PASSTHROUGH_PREFIXES: &[&str] = &[
 impl ClaudeCli {
     /// A CLI at `program` (looked up on PATH when it has no slash) with HOME at `home`.
     pub fn new(program: PathBuf, home: PathBuf, api_key: Option<Box<dyn SecretSource>>) -> Self {
+        // Whatever a turn leaves behind, setsid or not, is re-parented to us and swept.
+        sweep::become_subreaper();
         let passthrough_env = std::env::vars()
             .filter(|(k, _)| {
                 PASSTHROUGH_PREFIXES.iter().any(|p| k.starts_with(p)) || k == "PATH" || k == "LANG"
@@ -319,8 +322,11 @@ impl AgentCli for ClaudeCli {
     async fn start(&self, request: &TurnRequest) -> Result<Turn, CliError> {
         ensure_dir(&request.cwd)?;
         ensure_dir(&self.home)?;
+        // Marks the CLI and, by inheritance, its descendants (found again by the sweep).
+        let turn_id = uuid::Uuid::new_v4().to_string();
         let mut child = self
             .command(request)?
+            .env(sweep::TURN_ENV, &turn_id)
             .spawn()
             .map_err(|e| CliError::Spawn(format!("{}: {e}", self.program.display())))?;
         let pgid = child.id().map(|id| id as i32).unwrap_or(0);
@@ -353,7 +359,7 @@ impl AgentCli for ClaudeCli {
             String::from_utf8_lossy(&kept).into_owned()
         });
         tokio::spawn(async move {
-            pump(child, pgid, stdout, stderr_task, tx).await;
+            pump(child, pgid, &turn_id, stdout, stderr_task, tx).await;
             let _ = reaped_tx.send(true);
         });
         Ok(Turn {
@@ -368,6 +374,7 @@ impl AgentCli for ClaudeCli {
 async fn pump(
     mut child: tokio::process::Child,
     pgid: i32,
+    turn_id: &str,
     stdout: Option<tokio::process::ChildStdout>,
     stderr_task: tokio::task::JoinHandle<String>,
     tx: mpsc::Sender<TurnItem>,
@@ -404,12 +411,23 @@ async fn pump(
             }
         }
     }
-    // Nothing of the turn may outlive it: kill whatever is left in the group, then reap.
+    // Nothing of the turn may outlive it: kill whatever is left in the group and whatever left
+    // the group (setsid), then reap. The turn counts as reaped only after the sweep.
+    let strays = sweep::strays(pgid, turn_id);
     guard.kill();
     let status = match exit_status {
         Some(status) => Some(status),
         None => child.wait().await.ok(),
     };
+    let strays = {
+        // Marked processes that escaped while the CLI was being killed (re-parented to us now).
+        let mut all = strays;
+        all.extend(sweep::strays(pgid, turn_id));
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    sweep::kill_and_reap(strays).await;
     let stderr = stderr_task.await.unwrap_or_default();
     if consumer_gone {
         return;
