@@ -395,7 +395,10 @@ impl GitHubClient {
         };
         let mut renewed = false;
         let resp = loop {
-            if let Some(mint) = &self.mint {
+            // After a renewal the token is as fresh as GitHub made it: send it as it is.
+            if let Some(mint) = &self.mint
+                && !renewed
+            {
                 mint.ensure_fresh().await?;
             }
             let token = self.token.read()?;

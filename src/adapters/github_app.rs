@@ -236,7 +236,11 @@ impl GitHubAppToken {
 
     /// When the current installation token expires.
     pub fn expires_at(&self) -> Option<Timestamp> {
-        self.current.read().expect("token lock").as_ref().map(|t| t.expires_at)
+        self.current
+            .read()
+            .expect("token lock")
+            .as_ref()
+            .map(|t| t.expires_at)
     }
 
     fn current_if(&self, ok: impl Fn(&InstallationToken) -> bool) -> bool {
@@ -319,8 +323,14 @@ mod tests {
     fn nothing_secret_in_debug_or_errors() {
         let t = token(Timestamp::UNIX_EPOCH);
         assert!(!format!("{t:?}").contains("secretvalue"));
-        let err = app_jwt(&Secret::new("-----BEGIN RSA PRIVATE KEY-----\nAAAAsecretkeymaterial\n-----END RSA PRIVATE KEY-----"), 1, Timestamp::now())
-            .unwrap_err();
+        let err = app_jwt(
+            &Secret::new(
+                "-----BEGIN RSA PRIVATE KEY-----\nAAAAsecretkeymaterial\n-----END RSA PRIVATE KEY-----",
+            ),
+            1,
+            Timestamp::now(),
+        )
+        .unwrap_err();
         assert_eq!(err.kind, "auth");
         assert!(!err.to_string().contains("secretkeymaterial"), "{err}");
         let app = GitHubAppToken::new(
@@ -331,6 +341,9 @@ mod tests {
         );
         *app.current.write().unwrap() = Some(t);
         let dbg = format!("{app:?}");
-        assert!(dbg.contains("app_id: 7") && !dbg.contains("secretvalue") && !dbg.contains("pem"), "{dbg}");
+        assert!(
+            dbg.contains("app_id: 7") && !dbg.contains("secretvalue") && !dbg.contains("pem"),
+            "{dbg}"
+        );
     }
 }

@@ -199,10 +199,7 @@ impl AdapterCache {
             // Every Secret is read and every problem reported at once, not one per poll.
             let mut problems = vec![];
             let mut unreadable = false;
-            let app_key = refs
-                .iter()
-                .find(|(n, _)| *n == "github_app_key")
-                .map(|(_, r)| r);
+            let app_key = refs.iter().find(|(n, _)| *n == "github_app_key").map(|(_, r)| r);
             for (r, shared) in &adapters.secrets {
                 match read_secret(&api, r).await {
                     // A key that cannot sign is a Secret to fix, not a GitHub outage.
@@ -259,7 +256,11 @@ impl AdapterCache {
                 ));
                 GitHubClient::new(api_url, app.clone(), options).with_token_mint(app)
             }
-            _ => GitHubClient::new(api_url, shared("github").expect("checked by secret_refs"), options),
+            _ => GitHubClient::new(
+                api_url,
+                shared("github").expect("checked by secret_refs"),
+                options,
+            ),
         };
         let t3_token = shared("t3").expect("always present");
         let tracker: Arc<dyn Tracker> = Arc::new(client);
