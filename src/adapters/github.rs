@@ -20,7 +20,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::{AdapterError, SecretSource, http_client, retry_after, snippet};
+use super::{AdapterError, Secret, SecretSource, http_client, retry_after, snippet};
 use crate::crd::Permission;
 
 /// An open issue carrying the ready label.
@@ -161,6 +161,18 @@ pub trait Tracker: Send + Sync {
     fn rate_limit(&self) -> Option<RateLimit>;
 }
 
+/// A token that is minted before use and can be minted again when GitHub refuses it (a GitHub
+/// App installation token, `github_app.rs`). The client still reads the value through its
+/// [`SecretSource`]; this only tells the minter when to act.
+#[async_trait]
+pub trait TokenMint: Send + Sync + std::fmt::Debug {
+    /// Make sure the token source holds a token that stays valid for a while.
+    async fn ensure_fresh(&self) -> Result<(), AdapterError>;
+    /// GitHub answered 401 to `rejected`: mint a new token, unless another request already
+    /// replaced it.
+    async fn renew_after_rejection(&self, rejected: &Secret) -> Result<(), AdapterError>;
+}
+
 /// Tunables (tests shorten them).
 #[derive(Clone, Copy, Debug)]
 pub struct GitHubOptions {
@@ -202,6 +214,7 @@ struct Page {
 pub struct GitHubClient {
     base: String,
     token: Arc<dyn SecretSource>,
+    mint: Option<Arc<dyn TokenMint>>,
     http: reqwest::Client,
     options: GitHubOptions,
     cache: Mutex<HashMap<String, CachedPage>>,
@@ -265,6 +278,7 @@ impl GitHubClient {
         Self {
             base: api_url.trim_end_matches('/').to_string(),
             token,
+            mint: None,
             http: http_client(Duration::from_secs(30)),
             options,
             cache: Mutex::new(HashMap::new()),
@@ -274,6 +288,13 @@ impl GitHubClient {
             sent: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
         }
+    }
+
+    /// Mint the token with `mint` before requests, and once more (then retry the request once)
+    /// when GitHub answers 401.
+    pub fn with_token_mint(mut self, mint: Arc<dyn TokenMint>) -> Self {
+        self.mint = Some(mint);
+        self
     }
 
     /// Requests sent and how many of them were answered 304.
@@ -367,29 +388,51 @@ impl GitHubClient {
         if !is_get {
             self.space_mutation().await;
         }
-        let token = self.token.read()?;
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .bearer_auth(token.expose())
-            .header(header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28");
         let cached = if is_get {
             self.cache.lock().expect("cache lock").get(&url).cloned()
         } else {
             None
         };
-        if let Some(c) = &cached {
-            req = req.header(header::IF_NONE_MATCH, &c.etag);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| AdapterError::from_transport(&target, &e))?;
+        let mut renewed = false;
+        let resp = loop {
+            // After a renewal the token is as fresh as GitHub made it: send it as it is.
+            if let Some(mint) = &self.mint
+                && !renewed
+            {
+                mint.ensure_fresh().await?;
+            }
+            let token = self.token.read()?;
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose())
+                .header(header::ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28");
+            if let Some(c) = &cached {
+                req = req.header(header::IF_NONE_MATCH, &c.etag);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| AdapterError::from_transport(&target, &e))?;
+            // A minted token GitHub refuses (revoked, expired early, clock skew): mint once more
+            // and send this request once more; a second 401 is a permanent error below.
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && !renewed
+                && let Some(mint) = &self.mint
+            {
+                self.record_rate(resp.headers());
+                tracing::info!(path = %path, "github refused the installation token; minting a new one");
+                renewed = true;
+                mint.renew_after_rejection(&token).await?;
+                continue;
+            }
+            break resp;
+        };
         let status = resp.status();
         let headers = resp.headers().clone();
         self.record_rate(&headers);
@@ -409,7 +452,13 @@ impl GitHubClient {
             .await
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         if !status.is_success() {
-            let err = classify(&target, status.as_u16(), &headers, &text);
+            let mut err = classify(&target, status.as_u16(), &headers, &text);
+            if renewed && status == StatusCode::UNAUTHORIZED {
+                err.message = format!(
+                    "{}: refused a freshly minted installation token too (is the App still installed, with access to the repository?)",
+                    err.message
+                );
+            }
             if matches!(err.kind, "rate_limited" | "secondary_rate_limit")
                 && let Some(wait) = err.retry_after
                 && let Ok(wait) = jiff::SignedDuration::try_from(wait)

@@ -5,6 +5,7 @@
 
 pub mod claude;
 pub mod github;
+pub mod github_app;
 pub mod notify;
 pub mod retry;
 pub mod rollout;

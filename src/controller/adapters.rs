@@ -17,6 +17,7 @@ use crate::{
     adapters::{
         AdapterError, Secret, SecretSource,
         github::{GitHubClient, GitHubOptions, Tracker},
+        github_app::{GitHubAppToken, HttpTokenExchange, check_private_key},
         notify::{Notifier, NtfyNotifier, SlackNotifier},
         rollout::{KubeRolloutChecker, RolloutChecker},
         t3::{Executor, T3Client},
@@ -121,12 +122,12 @@ fn secret_refs(config: &AfkConfig) -> Result<Vec<(&'static str, SecretKeyRef)>, 
     let mut refs = vec![];
     match (&spec.tracker.github.token_secret_ref, &spec.tracker.github.app) {
         (Some(r), _) => refs.push(("github", r.clone())),
-        (None, Some(_)) => {
+        (None, Some(app)) => refs.push(("github_app_key", app.private_key_secret_ref.clone())),
+        (None, None) => {
             return Err(Error::Reference(
-                "GitHub App credentials are not supported yet; set tracker.github.tokenSecretRef".into(),
+                "tracker.github needs tokenSecretRef or app".into(),
             ));
         }
-        (None, None) => return Err(Error::Reference("tracker.github needs tokenSecretRef".into())),
     }
     refs.push(("t3", spec.executor.t3.token_secret_ref.clone()));
     if let Some(w) = &spec.ci.woodpecker {
@@ -155,8 +156,15 @@ impl AdapterCache {
     pub async fn for_config(&self, config: &AfkConfig) -> Result<Arc<Adapters>, Error> {
         let refs = secret_refs(config)?;
         let spec = &config.spec;
+        let github = &spec.tracker.github;
         let key = Key {
-            github: spec.tracker.github.api_url.clone(),
+            github: match (&github.token_secret_ref, &github.app) {
+                (None, Some(app)) => format!(
+                    "{} app {} installation {}",
+                    github.api_url, app.app_id, app.installation_id
+                ),
+                _ => github.api_url.clone(),
+            },
             t3: spec.executor.t3.url.clone(),
             woodpecker: spec.ci.woodpecker.as_ref().map(|w| w.url.clone()),
             slack: spec.notify.slack.is_some(),
@@ -191,8 +199,16 @@ impl AdapterCache {
             // Every Secret is read and every problem reported at once, not one per poll.
             let mut problems = vec![];
             let mut unreadable = false;
+            let app_key = refs.iter().find(|(n, _)| *n == "github_app_key").map(|(_, r)| r);
             for (r, shared) in &adapters.secrets {
                 match read_secret(&api, r).await {
+                    // A key that cannot sign is a Secret to fix, not a GitHub outage.
+                    Ok(value) if app_key == Some(r) && check_private_key(&value).is_err() => {
+                        problems.push(format!(
+                            "Secret {:?} key {:?} is not an RSA private key in PEM form (the App's .pem file)",
+                            r.name, r.key
+                        ));
+                    }
                     Ok(value) => shared.set(value),
                     Err(SecretError::Problem(p)) => problems.push(p),
                     Err(SecretError::Forbidden(p)) => {
@@ -223,16 +239,31 @@ impl AdapterCache {
             secrets.push((r.clone(), s.clone()));
             Some(s)
         };
-        let github_token = shared("github").expect("checked by secret_refs");
+        let options = GitHubOptions {
+            min_mutation_interval: self.settings.github_min_mutation_interval,
+            ..GitHubOptions::default()
+        };
+        let api_url = &spec.tracker.github.api_url;
+        // A token wins over an App, as in `secret_refs`.
+        let client = match (&spec.tracker.github.token_secret_ref, &spec.tracker.github.app) {
+            (None, Some(app)) => {
+                let key = shared("github_app_key").expect("checked by secret_refs");
+                let app = Arc::new(GitHubAppToken::new(
+                    app.app_id,
+                    app.installation_id,
+                    key,
+                    Arc::new(HttpTokenExchange::new(api_url)),
+                ));
+                GitHubClient::new(api_url, app.clone(), options).with_token_mint(app)
+            }
+            _ => GitHubClient::new(
+                api_url,
+                shared("github").expect("checked by secret_refs"),
+                options,
+            ),
+        };
         let t3_token = shared("t3").expect("always present");
-        let tracker: Arc<dyn Tracker> = Arc::new(GitHubClient::new(
-            &spec.tracker.github.api_url,
-            github_token,
-            GitHubOptions {
-                min_mutation_interval: self.settings.github_min_mutation_interval,
-                ..GitHubOptions::default()
-            },
-        ));
+        let tracker: Arc<dyn Tracker> = Arc::new(client);
         let executor: Arc<dyn Executor> = Arc::new(T3Client::new(&spec.executor.t3.url, t3_token));
         let deploy: Option<Arc<dyn DeployCi>> = spec.ci.woodpecker.as_ref().and_then(|w| {
             let token = shared("woodpecker")?;

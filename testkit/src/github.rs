@@ -5,6 +5,12 @@
 //! `If-None-Match` (304 that does not count against the rate limit), `per_page`/`page`
 //! pagination with `Link` headers, the `x-ratelimit-*` headers and a 403 when the budget is
 //! spent, and injectable faults (5xx, secondary limits with `retry-after`).
+//!
+//! GitHub App flow: with [`FakeGitHub::enable_app`], `POST
+//! /app/installations/{id}/access_tokens` verifies the bearer JWT against the App's public key
+//! (RS256 signature; `iss` = the app id, `iat` not in the future, `exp` not passed and at most
+//! 10 minutes after `iat`) and answers 201 with an installation token whose expiry the test
+//! controls; every other route then accepts that token until it expires.
 
 use std::{
     collections::BTreeMap,
@@ -137,7 +143,104 @@ pub struct GhState {
     pub requests: Vec<Recorded>,
     /// Pending faults.
     pub faults: Vec<GhFault>,
+    /// The GitHub App whose JWTs the token endpoint accepts.
+    pub app: Option<FakeApp>,
+    /// Installation tokens minted, with their expiry.
+    pub installation_tokens: Vec<(String, jiff::Timestamp)>,
+    /// Claims of every App JWT the token endpoint accepted.
+    pub app_jwt_claims: Vec<Value>,
+    /// Requests answered 401 because of the token they presented (not counting the token
+    /// endpoint).
+    pub refused_tokens: u64,
     next_comment_id: u64,
+}
+
+/// A GitHub App installed once.
+#[derive(Clone, Debug)]
+pub struct FakeApp {
+    /// The App's id (the JWT's `iss`).
+    pub app_id: u64,
+    /// The one installation.
+    pub installation_id: u64,
+    /// The App's public key (PEM), against which JWT signatures are checked.
+    pub public_key_pem: String,
+    /// Lifetime of the installation tokens minted next (GitHub: one hour).
+    pub token_ttl: jiff::SignedDuration,
+}
+
+/// An RSA key pair for a fake GitHub App, generated in the test (2048 bits, like GitHub's).
+#[derive(Clone)]
+pub struct AppKey {
+    /// The private key as GitHub hands it out (`BEGIN RSA PRIVATE KEY`, PKCS#1).
+    pub private_pkcs1_pem: String,
+    /// The same key as PKCS#8 (`BEGIN PRIVATE KEY`), as `openssl pkcs8 -topk8` converts it.
+    pub private_pkcs8_pem: String,
+    /// The public key (`BEGIN PUBLIC KEY`, SubjectPublicKeyInfo).
+    pub public_pem: String,
+}
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppKey(<private>)")
+    }
+}
+
+impl AppKey {
+    /// A fresh key pair.
+    pub fn generate() -> Self {
+        use aws_lc_rs::{
+            encoding::AsDer,
+            rsa::{KeyPair, KeySize},
+            signature::KeyPair as _,
+        };
+        let pair = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
+        let pkcs8 = pair.as_der().expect("PKCS#8 DER");
+        let public = pair.public_key().as_der().expect("SPKI DER");
+        let pkcs1 = pkcs1_of_pkcs8(pkcs8.as_ref()).expect("PKCS#8 wraps an RSAPrivateKey");
+        Self {
+            private_pkcs1_pem: pem("RSA PRIVATE KEY", pkcs1),
+            private_pkcs8_pem: pem("PRIVATE KEY", pkcs8.as_ref()),
+            public_pem: pem("PUBLIC KEY", public.as_ref()),
+        }
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (version, algorithm, OCTET STRING key).
+fn pkcs1_of_pkcs8(pkcs8: &[u8]) -> Option<&[u8]> {
+    let (0x30, info, _) = der(pkcs8)? else { return None };
+    let (0x02, _, rest) = der(info)? else { return None };
+    let (0x30, _, rest) = der(rest)? else { return None };
+    let (0x04, key, _) = der(rest)? else { return None };
+    Some(key)
 }
 
 /// A running GitHub fake.
@@ -159,6 +262,10 @@ impl FakeGitHub {
             rate_reset: jiff::Timestamp::now().as_second() as u64 + 3600,
             requests: vec![],
             faults: vec![],
+            app: None,
+            installation_tokens: vec![],
+            app_jwt_claims: vec![],
+            refused_tokens: 0,
             next_comment_id: 1000,
         }));
         let router = Router::new().fallback(handle).with_state(state.clone());
@@ -241,6 +348,39 @@ impl FakeGitHub {
                 .map(|r| format!("{} {}", r.method, r.path))
                 .collect()
         })
+    }
+
+    /// Install a GitHub App: the token endpoint accepts JWTs of `app_id` signed by the private
+    /// half of `public_key_pem` for `installation_id`, and mints tokens valid for an hour.
+    pub fn enable_app(&self, app_id: u64, installation_id: u64, public_key_pem: &str) {
+        self.with(|s| {
+            s.app = Some(FakeApp {
+                app_id,
+                installation_id,
+                public_key_pem: public_key_pem.to_string(),
+                token_ttl: jiff::SignedDuration::from_hours(1),
+            })
+        });
+    }
+
+    /// The lifetime of the installation tokens minted from now on.
+    pub fn set_installation_token_ttl(&self, ttl: jiff::SignedDuration) {
+        self.with(|s| s.app.as_mut().expect("enable_app first").token_ttl = ttl);
+    }
+
+    /// Every installation token minted so far expires now (GitHub answers 401 to it).
+    pub fn expire_installation_tokens(&self) {
+        let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        self.with(|s| {
+            for (_, exp) in &mut s.installation_tokens {
+                *exp = past;
+            }
+        });
+    }
+
+    /// How many installation tokens were minted.
+    pub fn token_exchanges(&self) -> usize {
+        self.with(|s| s.installation_tokens.len())
     }
 
     /// Requests that counted against the rate limit.
@@ -358,11 +498,28 @@ async fn handle(
     let presented = auth
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("token "))
-        .unwrap_or("");
-    if presented != s.token {
+        .unwrap_or("")
+        .to_string();
+    let path = uri.path().to_string();
+    if let Some(id) = path
+        .strip_prefix("/app/installations/")
+        .and_then(|p| p.strip_suffix("/access_tokens"))
+    {
+        return if method == Method::POST {
+            access_token(&mut s, id, &presented)
+        } else {
+            not_found()
+        };
+    }
+    let now = jiff::Timestamp::now();
+    let installation_token = s
+        .installation_tokens
+        .iter()
+        .any(|(t, exp)| *t == presented && *exp > now);
+    if presented != s.token && !installation_token {
+        s.refused_tokens += 1;
         return gh_error(StatusCode::UNAUTHORIZED, "Bad credentials");
     }
-    let path = uri.path().to_string();
     if let Some(idx) = s
         .faults
         .iter()
@@ -506,6 +663,78 @@ fn add_rate_headers(s: &GhState, headers: &mut HeaderMap) {
     ] {
         headers.insert(k, HeaderValue::from_str(&v).expect("header"));
     }
+}
+
+/// `POST /app/installations/{id}/access_tokens`: a JWT of the App, verified, for a token.
+fn access_token(s: &mut GhState, id: &str, jwt: &str) -> Response {
+    let Some(app) = s.app.clone() else {
+        return gh_error(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded");
+    };
+    let claims = match verify_app_jwt(&app, jwt, jiff::Timestamp::now().as_second()) {
+        Ok(c) => c,
+        Err(message) => return gh_error(StatusCode::UNAUTHORIZED, message),
+    };
+    if id.parse::<u64>().ok() != Some(app.installation_id) {
+        return not_found();
+    }
+    s.app_jwt_claims.push(claims);
+    let n = s.installation_tokens.len();
+    let digest = Sha256::digest(format!("{n}-{}-{jwt}", app.installation_id).as_bytes());
+    let token = format!("ghs_{}", &hex::encode(digest)[..36]);
+    // GitHub reports whole seconds.
+    let expires_at = jiff::Timestamp::from_second((jiff::Timestamp::now() + app.token_ttl).as_second())
+        .expect("expiry in range");
+    s.installation_tokens.push((token.clone(), expires_at));
+    let mut v = template(fixture!("installation-token"));
+    v["token"] = json!(token);
+    v["expires_at"] = json!(expires_at.to_string());
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// GitHub's checks of an App JWT, with GitHub's messages; the claims when they pass.
+fn verify_app_jwt(app: &FakeApp, jwt: &str, now: i64) -> Result<Value, &'static str> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    const UNDECODABLE: &str = "A JSON web token could not be decoded";
+    let key = DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes()).map_err(|_| UNDECODABLE)?;
+    // Signature (RS256 only) here; the time claims below, exactly and without leeway.
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &validation)
+        .map_err(|_| UNDECODABLE)?
+        .claims;
+    let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+        return Err(
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+        );
+    };
+    if iat > now {
+        return Err(
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+        );
+    }
+    if exp <= now {
+        return Err(
+            "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+        );
+    }
+    if exp - iat > 600 {
+        return Err("'Expiration time' claim ('exp') is too far in the future");
+    }
+    let iss = match &claims["iss"] {
+        Value::String(s) => s.parse::<u64>().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    if iss != Some(app.app_id) {
+        return Err("'Issuer' claim ('iss') must be an Integer");
+    }
+    Ok(claims)
 }
 
 fn not_found() -> Response {
