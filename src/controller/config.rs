@@ -511,6 +511,18 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
 
     // Conditions from what was found; Events for the transitions; status.
     let t3 = &config.spec.executor.t3;
+    // GitHub App credentials that GitHub still refuses after a fresh installation token are a
+    // configuration fault (wrong App, key or installation), not a blip: Stalled, not retried.
+    let secrets = match (&probes.tracker, &config.spec.tracker.github.app, secrets) {
+        (Probe::Unauthorized(why), Some(app), None) => Some((
+            "GitHubAppUnauthorized",
+            format!(
+                "GitHub refused the App's installation token even after a refresh ({why}); check appId {}, installationId {} and the private key",
+                app.app_id, app.installation_id
+            ),
+        )),
+        (_, _, secrets) => secrets,
+    };
     let facts = ConfigFacts {
         invalid,
         secrets,
