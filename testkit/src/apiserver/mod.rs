@@ -17,6 +17,8 @@
 //! RBAC, API priority and fairness, `continue` tokens (lists are returned whole), watch events
 //! for objects leaving a label selector, garbage collection of owned objects.
 
+mod openapi;
+pub mod protobuf;
 mod selectors;
 mod store;
 
@@ -255,15 +257,30 @@ async fn handle(
         }
     }
 
-    // Protobuf is what kubectl prefers for built-in kinds; answering 415 makes client-go fall
-    // back to JSON, the only encoding this fake speaks.
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return status_error(
-            415,
-            "UnsupportedMediaType",
-            "the fake API server only accepts JSON",
-            None,
-        );
+    // kubectl's typed `create` commands send protobuf for built-in kinds (client-go has no
+    // fallback to JSON): decode the kinds we model; answers are always JSON, which kubectl
+    // accepts too.
+    let (content_type, text) = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        if method == Method::PATCH {
+            return status_error(415, "UnsupportedMediaType", "protobuf is not a patch type", None);
+        }
+        match protobuf::decode(&body) {
+            Ok(v) => ("application/json".to_string(), v.to_string()),
+            Err(e) => return status_error(415, "UnsupportedMediaType", &e, None),
+        }
+    } else {
+        (content_type, text)
+    };
+    if method == Method::GET && (path == "/openapi/v3" || path.starts_with("/openapi/v3/")) {
+        let s = shared.store.lock().expect("store");
+        let doc = match path.strip_prefix("/openapi/v3/") {
+            None => Some(openapi::index(s.types())),
+            Some(gv) => openapi::document(s.types(), gv),
+        };
+        return match doc {
+            Some(d) => json_response(StatusCode::OK, &d),
+            None => status_error(404, "NotFound", "the server could not find the requested resource", None),
+        };
     }
     let params = selectors::Query::parse(&query);
     if method == Method::GET && params.watch {

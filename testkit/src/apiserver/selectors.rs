@@ -14,6 +14,7 @@ pub struct Query {
     pub allow_bookmarks: bool,
     pub field_manager: Option<String>,
     pub force: bool,
+    pub field_validation: Option<String>,
 }
 
 impl Query {
@@ -33,6 +34,7 @@ impl Query {
                 "allowWatchBookmarks" => q.allow_bookmarks = v == "true" || v == "1",
                 "fieldManager" => q.field_manager = Some(v).filter(|s| !s.is_empty()),
                 "force" => q.force = v == "true" || v == "1",
+                "fieldValidation" => q.field_validation = Some(v).filter(|s| !s.is_empty()),
                 _ => {}
             }
         }
@@ -159,7 +161,10 @@ impl FieldSelector {
                 return Err(format!("invalid field selector {part:?}"));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            // involvedObject.*, reason, type: what `kubectl describe` selects core/v1 Events by.
+            if !matches!(field, "metadata.name" | "metadata.namespace" | "reason" | "type")
+                && !field.starts_with("involvedObject.")
+            {
                 return Err(format!("field label not supported: {field}"));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
@@ -169,12 +174,8 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, value)| {
-            let ptr = if field == "metadata.name" {
-                "/metadata/name"
-            } else {
-                "/metadata/namespace"
-            };
-            let actual = obj.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+            let ptr = format!("/{}", field.replace('.', "/"));
+            let actual = obj.pointer(&ptr).and_then(Value::as_str).unwrap_or("");
             (actual == value) == *eq
         })
     }

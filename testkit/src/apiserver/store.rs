@@ -75,17 +75,43 @@ impl ResourceType {
     }
 }
 
-/// The core kinds the operator touches.
+/// The core kinds the operator touches (with kubectl's short names).
 pub fn core_types() -> Vec<ResourceType> {
-    vec![
+    let short = |mut t: ResourceType, names: &[&str]| {
+        t.short_names = names.iter().map(|n| n.to_string()).collect();
+        t
+    };
+    let types = vec![
         ResourceType::core("", "v1", "namespaces", "Namespace", false, true),
         ResourceType::core("", "v1", "pods", "Pod", true, true),
         ResourceType::core("", "v1", "secrets", "Secret", true, false),
         ResourceType::core("", "v1", "configmaps", "ConfigMap", true, false),
         ResourceType::core("apps", "v1", "deployments", "Deployment", true, true),
         ResourceType::core("events.k8s.io", "v1", "events", "Event", true, false),
+        // core/v1 Events: a read view of the events.k8s.io/v1 objects (as upstream, one storage).
+        ResourceType::core("", "v1", "events", "Event", true, false),
+        ResourceType::core(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+        ),
         ResourceType::core("coordination.k8s.io", "v1", "leases", "Lease", true, false),
-    ]
+    ];
+    types
+        .into_iter()
+        .map(|t| match (t.group.as_str(), t.plural.as_str()) {
+            ("", "namespaces") => short(t, &["ns"]),
+            ("", "pods") => short(t, &["po"]),
+            ("", "configmaps") => short(t, &["cm"]),
+            ("", "events") => short(t, &["ev"]),
+            ("apps", "deployments") => short(t, &["deploy"]),
+            ("apiextensions.k8s.io", _) => short(t, &["crd", "crds"]),
+            _ => t,
+        })
+        .collect()
 }
 
 /// One change, as watchers see it.
@@ -161,6 +187,8 @@ pub struct Store {
     pub faults: Vec<ApiFault>,
     /// Bookmark interval for watches that allow them.
     pub bookmark_every_ms: u64,
+    /// `fieldValidation` of the request being served (`Strict` rejects unknown fields).
+    field_validation: Option<String>,
 }
 
 pub(super) struct PreparedWatch {
@@ -338,6 +366,46 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
     }
 }
 
+/// The paths present in `before` but pruned from `after` (what `fieldValidation=Strict` rejects).
+fn dropped(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            for (k, v) in b {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match a.get(k) {
+                    None => out.push(p),
+                    Some(av) => dropped(v, av, &p, out),
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            for (i, (bv, av)) in b.iter().zip(a).enumerate() {
+                dropped(bv, av, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An events.k8s.io/v1 Event as core/v1 shows it (the field mapping upstream applies).
+fn core_event(e: &Value) -> Value {
+    let mut m = e["metadata"].clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove("managedFields");
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": m,
+        "involvedObject": e["regarding"], "related": e["related"],
+        "reason": e["reason"], "message": e["note"], "type": e["type"], "action": e["action"],
+        "source": {"component": e["reportingController"], "host": e["deprecatedSource"]["host"]},
+        "reportingComponent": e["reportingController"], "reportingInstance": e["reportingInstance"],
+        "firstTimestamp": e.get("deprecatedFirstTimestamp").cloned().unwrap_or(Value::Null),
+        "lastTimestamp": e.get("deprecatedLastTimestamp").cloned().or_else(|| e.pointer("/series/lastObservedTime").cloned()).unwrap_or(Value::Null),
+        "count": e.get("deprecatedCount").cloned().or_else(|| e.pointer("/series/count").cloned()).unwrap_or(json!(1)),
+        "eventTime": e["eventTime"], "series": e["series"]
+    })
+}
+
 /// A JSON patch with `test` ops against absent paths expecting `null` removed (the API server
 /// treats an absent member as null; kube-runtime's finalizer helper relies on it).
 fn normalise_json_patch(doc: &Value, patch: &Value) -> Value {
@@ -373,6 +441,7 @@ impl Store {
             log: vec![],
             faults: vec![],
             bookmark_every_ms: 1000,
+            field_validation: None,
         }
     }
 
@@ -381,8 +450,33 @@ impl Store {
         self.rv
     }
 
-    /// Register a CRD's served version.
+    /// Register a CRD's served versions and store the CRD object itself (`Established`).
     pub fn add_crd(&mut self, crd: &Value) {
+        let mut obj = crd.clone();
+        obj["apiVersion"] = json!("apiextensions.k8s.io/v1");
+        obj["kind"] = json!("CustomResourceDefinition");
+        if !obj.get("metadata").is_some_and(Value::is_object) {
+            obj["metadata"] = json!({});
+        }
+        if obj.pointer("/metadata/name").is_none() {
+            let name = format!(
+                "{}.{}",
+                crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default(),
+                crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default()
+            );
+            obj["metadata"]["name"] = json!(name);
+        }
+        self.seed(obj);
+    }
+
+    /// The kinds served now.
+    pub fn types(&self) -> &[ResourceType] {
+        &self.types
+    }
+
+    /// Serve a CRD's versions (replacing an earlier registration in place: type indices are
+    /// keys of stored objects and watch filters, so they never move).
+    fn register_crd(&mut self, crd: &Value) {
         let spec = &crd["spec"];
         let names = &spec["names"];
         let strs = |v: &Value| {
@@ -396,7 +490,7 @@ impl Store {
             .flatten()
             .filter(|v| v["served"] != json!(false))
         {
-            self.types.push(ResourceType {
+            let ty = ResourceType {
                 group: spec["group"].as_str().unwrap_or_default().into(),
                 version: version["name"].as_str().unwrap_or_default().into(),
                 plural: names["plural"].as_str().unwrap_or_default().into(),
@@ -412,7 +506,15 @@ impl Store {
                     .as_array()
                     .cloned()
                     .unwrap_or_default(),
-            });
+            };
+            match self
+                .types
+                .iter()
+                .position(|t| t.group == ty.group && t.version == ty.version && t.plural == ty.plural)
+            {
+                Some(i) => self.types[i] = ty,
+                None => self.types.push(ty),
+            }
         }
     }
 
@@ -572,6 +674,16 @@ impl Store {
 
     /// Store an object at a new resourceVersion and record the event.
     fn commit(&mut self, key: Key, mut obj: Value, kind: &'static str) -> Value {
+        if self.types[key.0].kind == "CustomResourceDefinition" {
+            // What the apiextensions controller does: serve it and say so.
+            self.register_crd(&obj);
+            let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+            obj["status"] = json!({"acceptedNames": names, "storedVersions": [obj.pointer("/spec/versions/0/name").cloned().unwrap_or(json!("v1"))],
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
+                ]});
+        }
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         if let Some(m) = obj["metadata"].as_object_mut() {
@@ -728,6 +840,7 @@ impl Store {
         body: &str,
         table: bool,
     ) -> Response {
+        self.field_validation = q.field_validation.clone();
         let Some(target) = self.route(path) else {
             return status_error(
                 404,
@@ -801,17 +914,32 @@ impl Store {
             Ok(f) => f,
             Err(e) => return status_error(400, "BadRequest", &e, None),
         };
-        let items: Vec<Value> = self
-            .objects
-            .iter()
-            .filter(|((ti, ons, _), _)| *ti == t && ns.is_none_or(|n| n == ons))
-            .map(|(_, v)| v)
+        let ty = &self.types[t];
+        // core/v1 Events are served from the events.k8s.io/v1 objects, converted.
+        let view: Vec<Value>;
+        let source: Box<dyn Iterator<Item = &Value>> = if ty.group.is_empty() && ty.kind == "Event" {
+            let src = self.type_index("events.k8s.io/v1", "Event");
+            view = self
+                .objects
+                .iter()
+                .filter(|((ti, ons, _), _)| Some(*ti) == src && ns.is_none_or(|n| n == ons))
+                .map(|(_, v)| core_event(v))
+                .collect();
+            Box::new(view.iter())
+        } else {
+            Box::new(
+                self.objects
+                    .iter()
+                    .filter(|((ti, ons, _), _)| *ti == t && ns.is_none_or(|n| n == ons))
+                    .map(|(_, v)| v),
+            )
+        };
+        let items: Vec<Value> = source
             .filter(|o| {
                 labels.as_ref().is_none_or(|l| l.matches(o)) && fields.as_ref().is_none_or(|f| f.matches(o))
             })
             .cloned()
             .collect();
-        let ty = &self.types[t];
         if table {
             return ok(&table_of(ty, &items, self.rv));
         }
@@ -907,7 +1035,28 @@ impl Store {
         };
         let name = meta_str(&obj, "name").unwrap_or_default();
         let mut obj = kube::core::cel::apply_defaults(schema, &obj);
+        let before = obj.clone();
         prune(schema, &mut obj, true);
+        if self.field_validation.as_deref() == Some("Strict") {
+            let mut unknown = vec![];
+            dropped(&before, &obj, "", &mut unknown);
+            if !unknown.is_empty() {
+                let list = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(status_error(
+                    400,
+                    "BadRequest",
+                    &format!(
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
+                        ty.kind, ty.version, ty.kind
+                    ),
+                    None,
+                ));
+            }
+        }
         let js = openapi_to_jsonschema(schema);
         let validator = jsonschema::draft4::new(&js)
             .map_err(|e| status_error(500, "InternalError", &format!("bad CRD schema: {e}"), None))?;
@@ -951,7 +1100,7 @@ impl Store {
 
     fn create_object(&mut self, t: usize, ns: &str, mut obj: Value) -> Result<Value, Response> {
         let ty = self.types[t].clone();
-        if let Some(body_ns) = meta_str(&obj, "namespace")
+        if let Some(body_ns) = meta_str(&obj, "namespace").filter(|n| !n.is_empty())
             && ty.namespaced
             && body_ns != ns
         {
