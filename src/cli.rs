@@ -55,7 +55,8 @@ impl StartupError {
 }
 
 /// Run the parsed command line to completion.
-pub fn run(cli: Cli) -> ExitCode {
+pub fn run(mut cli: Cli) -> ExitCode {
+    cli.resolve_relative_paths();
     if let Command::Crd = cli.command {
         return match crd::all_yaml() {
             Ok(yaml) => {

@@ -260,3 +260,56 @@ mod tests {
         }
     }
 }
+
+/// A program given as a relative path with a directory part (`tests/fixtures/fake-claude`,
+/// `./bin/claude`) resolved against `cwd`, the working directory at start-up: the CLI is later
+/// spawned in its own empty working directory, where the relative path would name nothing. A
+/// bare name (`claude`) is left alone for the PATH lookup, and so is an absolute path.
+pub fn resolve_program(program: &std::path::Path, cwd: &std::path::Path) -> PathBuf {
+    if program.is_absolute() || program.components().count() < 2 {
+        program.to_path_buf()
+    } else {
+        cwd.join(program)
+    }
+}
+
+impl Cli {
+    /// Resolve relative program paths against the working directory at start-up.
+    pub fn resolve_relative_paths(&mut self) {
+        let Ok(cwd) = std::env::current_dir() else {
+            return;
+        };
+        let sidecar = match &mut self.command {
+            Command::Run(args) => &mut args.sidecar,
+            Command::Sidecar(args) => args,
+            Command::Crd => return,
+        };
+        sidecar.voice.claude_bin = resolve_program(&sidecar.voice.claude_bin, &cwd);
+        sidecar.breakglass.pve_ssh_program = resolve_program(&sidecar.breakglass.pve_ssh_program, &cwd);
+    }
+}
+
+#[cfg(test)]
+mod program_paths {
+    use std::path::Path;
+
+    use super::resolve_program;
+
+    #[test]
+    fn relative_programs_resolve_against_the_start_up_directory() {
+        let cwd = Path::new("/work/repo");
+        assert_eq!(
+            resolve_program(Path::new("tests/fixtures/fake-claude"), cwd),
+            Path::new("/work/repo/tests/fixtures/fake-claude")
+        );
+        assert_eq!(
+            resolve_program(Path::new("./claude"), cwd),
+            Path::new("/work/repo/./claude")
+        );
+        assert_eq!(resolve_program(Path::new("claude"), cwd), Path::new("claude"));
+        assert_eq!(
+            resolve_program(Path::new("/usr/bin/claude"), cwd),
+            Path::new("/usr/bin/claude")
+        );
+    }
+}

@@ -181,3 +181,69 @@ fn broken_agents_dir_exits_2() {
         stderr(&out)
     );
 }
+
+/// `--claude-bin tests/fixtures/fake-claude`, relative, as the README's "try it" writes it: the
+/// CLI runs in its own empty working directory, so the path must be resolved at start-up.
+#[test]
+fn a_relative_claude_bin_resolves_against_the_start_up_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        Command::new(BIN)
+            .args([
+                "sidecar",
+                "--listen",
+                &listen,
+                "--claude-bin",
+                "tests/fixtures/fake-claude",
+            ])
+            .arg("--api-token-file")
+            .arg(&token)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let body = r#"{"model":"sonnet","messages":[{"role":"user","content":"hello there"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Wait for the port (a condition, with a generous deadline for a loaded machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(&listen) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sidecar never listened: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+    assert!(!answer.contains("cli_unavailable"), "{answer}");
+}

@@ -279,7 +279,12 @@ async fn handle(
         };
         return match doc {
             Some(d) => json_response(StatusCode::OK, &d),
-            None => status_error(404, "NotFound", "the server could not find the requested resource", None),
+            None => status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            ),
         };
     }
     let params = selectors::Query::parse(&query);
@@ -317,6 +322,7 @@ async fn watch_stream(shared: Arc<Shared>, path: &str, params: selectors::Query)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let timeout = Duration::from_secs(params.timeout_seconds.unwrap_or(1800).max(1));
+    let send_initial_events = params.send_initial_events;
     tokio::spawn(async move {
         let line = |v: &Value| Bytes::from(format!("{v}\n"));
         for ev in &prepared.initial {
@@ -327,6 +333,16 @@ async fn watch_stream(shared: Arc<Shared>, path: &str, params: selectors::Query)
         if prepared.start_rv == u64::MAX {
             // 410 Gone: the ERROR event was the whole answer.
             return;
+        }
+        if send_initial_events {
+            // A watch-list (`sendInitialEvents=true`, what current kubectl and client-go
+            // informers use): the initial state ends with this bookmark.
+            let b = json!({"type": "BOOKMARK", "object": {"kind": prepared.kind, "apiVersion": prepared.api_version,
+                           "metadata": {"resourceVersion": prepared.start_rv.to_string(),
+                                        "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            if tx.send(line(&b)).await.is_err() {
+                return;
+            }
         }
         let mut last_rv = prepared.start_rv;
         let deadline = tokio::time::Instant::now() + timeout;

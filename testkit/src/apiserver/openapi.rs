@@ -112,7 +112,8 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
             name.clone()
         };
         let reference = json!({"$ref": format!("#/components/schemas/{name}")});
-        let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
+        let ok =
+            json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
         let op = |action: &str, params: &[&str]| {
             let parameters: Vec<Value> = params
                 .iter()
@@ -145,7 +146,10 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
         let Some(mut s) = b.definitions.get(&name).cloned() else {
             continue;
         };
-        if let Some(t) = members.iter().find(|t| !t.custom && b.names.get(&(t.api_version(), t.kind.clone())) == Some(&name)) {
+        if let Some(t) = members
+            .iter()
+            .find(|t| !t.custom && b.names.get(&(t.api_version(), t.kind.clone())) == Some(&name))
+        {
             s["x-kubernetes-group-version-kind"] = json!([gvk(t)]);
         }
         collect_refs(&s, &mut need_builtin);
@@ -185,7 +189,10 @@ pub fn index(types: &[ResourceType]) -> Value {
         .filter_map(|gv| {
             let doc = document(types, &gv)?;
             let hash = hex::encode(&Sha256::digest(doc.to_string().as_bytes())[..16]);
-            Some((gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")})))
+            Some((
+                gv.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}),
+            ))
         })
         .collect();
     json!({"paths": paths})

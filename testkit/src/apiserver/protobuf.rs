@@ -39,7 +39,10 @@ fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, String> {
             1 => pos += 8,
             2 => {
                 let len = usize::try_from(varint(buf, &mut pos)?).map_err(|e| e.to_string())?;
-                let end = pos.checked_add(len).filter(|e| *e <= buf.len()).ok_or("truncated field")?;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|e| *e <= buf.len())
+                    .ok_or("truncated field")?;
                 out.push(Field::Bytes(number, &buf[pos..end]));
                 pos = end;
             }
@@ -262,11 +265,22 @@ mod tests {
 
     #[test]
     fn decodes_a_secret_as_kubectl_sends_it() {
-        let meta = [field(1, b"gh"), field(3, b"afk"), field(11, &[field(1, b"a"), field(2, b"b")].concat())].concat();
+        let meta = [
+            field(1, b"gh"),
+            field(3, b"afk"),
+            field(11, &[field(1, b"a"), field(2, b"b")].concat()),
+        ]
+        .concat();
         let entry = [field(1, b"token"), field(2, b"s3cret")].concat();
         let secret = [field(1, &meta), field(2, &entry), field(3, b"Opaque")].concat();
         let type_meta = [field(1, b"v1"), field(2, b"Secret")].concat();
-        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &secret), field(4, b"application/vnd.kubernetes.protobuf")].concat();
+        let body = [
+            MAGIC.to_vec(),
+            field(1, &type_meta),
+            field(2, &secret),
+            field(4, b"application/vnd.kubernetes.protobuf"),
+        ]
+        .concat();
         let v = decode(&body).unwrap();
         assert_eq!(
             v,

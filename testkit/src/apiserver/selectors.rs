@@ -15,6 +15,7 @@ pub struct Query {
     pub field_manager: Option<String>,
     pub force: bool,
     pub field_validation: Option<String>,
+    pub send_initial_events: bool,
 }
 
 impl Query {
@@ -34,6 +35,7 @@ impl Query {
                 "allowWatchBookmarks" => q.allow_bookmarks = v == "true" || v == "1",
                 "fieldManager" => q.field_manager = Some(v).filter(|s| !s.is_empty()),
                 "force" => q.force = v == "true" || v == "1",
+                "sendInitialEvents" => q.send_initial_events = v == "true" || v == "1",
                 "fieldValidation" => q.field_validation = Some(v).filter(|s| !s.is_empty()),
                 _ => {}
             }

@@ -371,7 +371,11 @@ fn dropped(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
     match (before, after) {
         (Value::Object(b), Value::Object(a)) => {
             for (k, v) in b {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match a.get(k) {
                     None => out.push(p),
                     Some(av) => dropped(v, av, &p, out),
@@ -461,8 +465,12 @@ impl Store {
         if obj.pointer("/metadata/name").is_none() {
             let name = format!(
                 "{}.{}",
-                crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default(),
-                crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default()
+                crd.pointer("/spec/names/plural")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                crd.pointer("/spec/group")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
             );
             obj["metadata"]["name"] = json!(name);
         }
@@ -679,10 +687,10 @@ impl Store {
             self.register_crd(&obj);
             let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
             obj["status"] = json!({"acceptedNames": names, "storedVersions": [obj.pointer("/spec/versions/0/name").cloned().unwrap_or(json!("v1"))],
-                "conditions": [
-                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
-                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
-                ]});
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
+            ]});
         }
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -1139,6 +1147,10 @@ impl Store {
         }
         obj["apiVersion"] = json!(ty.api_version());
         obj["kind"] = json!(ty.kind);
+        // Built-in defaulting the operator and kubectl rely on.
+        if ty.group.is_empty() && ty.kind == "Secret" && obj["type"].as_str().is_none_or(str::is_empty) {
+            obj["type"] = json!("Opaque");
+        }
         if ty.status_subresource
             && let Some(o) = obj.as_object_mut()
         {
