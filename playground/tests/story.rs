@@ -205,4 +205,47 @@ async fn the_playground_story_reaches_its_end_states() {
         .map(|i| pg.lines.lock().unwrap()[i].clone());
     assert!(bell.is_some(), "{}", pg.output());
     assert!(pg.position("github: demo/billing#7 handed back").is_some());
+
+    // Fixed forward on the same thread: the opening turn and two corrective turns, each
+    // followed by a push that was judged; the freeze names the last one.
+    let pushes: Vec<String> = pg
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("agent: demo-billing-7-1 pushed"))
+        .cloned()
+        .collect();
+    assert_eq!(pushes.len(), 3, "{}", pg.output());
+    let last = pushes[2]
+        .split_once(" pushed ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(
+        status.message.as_deref().unwrap_or_default().contains(&last),
+        "frozen on the last push {last}: {:?}",
+        status.message
+    );
+    assert_eq!(status.fix_forward.as_ref().map(|f| f.attempts), Some(2));
+
+    // Events: the runs' and the AfkConfig's, readable through core/v1 as kubectl describe does.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NS);
+    let for_config = events
+        .list(&ListParams::default().fields("involvedObject.kind=AfkConfig,involvedObject.name=demo"))
+        .await
+        .unwrap()
+        .items;
+    assert!(!for_config.is_empty(), "no Events for the AfkConfig");
+    let for_frozen = events
+        .list(&ListParams::default().fields("involvedObject.name=demo-billing-7-1"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        for_frozen
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FixForwardBudgetExhausted")),
+        "{for_frozen:?}"
+    );
 }
