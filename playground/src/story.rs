@@ -43,6 +43,8 @@ pub struct Pace {
     pub rollout: Duration,
     /// `preEscalationGrace` on the AfkConfig.
     pub grace: &'static str,
+    /// The operator's `--config-trigger-window-ms` (how soon a finished run frees its repo).
+    pub trigger_window_ms: u64,
 }
 
 impl Pace {
@@ -54,6 +56,7 @@ impl Pace {
             deploy: Duration::from_secs(5),
             rollout: Duration::from_secs(4),
             grace: "5s",
+            trigger_window_ms: 2000,
         }
     }
 
@@ -65,6 +68,7 @@ impl Pace {
             deploy: Duration::from_millis(500),
             rollout: Duration::from_millis(400),
             grace: "1s",
+            trigger_window_ms: 200,
         }
     }
 }
@@ -258,6 +262,8 @@ pub async fn play(o: Options) -> Result<(), String> {
         "1",
         "--github-mutation-interval-ms",
         "0",
+        "--config-trigger-window-ms",
+        &o.pace.trigger_window_ms.to_string(),
         "--listen",
         &format!("127.0.0.1:{console_port}"),
         "--api-token-file",
