@@ -106,6 +106,9 @@ pub fn run(mut cli: Cli) -> ExitCode {
 /// leading, when leader election is on) and the sidecar until told to stop.
 async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
     let agents = load_agents(&args.sidecar)?;
+    // A busy sidecar port is a configuration problem: say so before touching the cluster,
+    // rather than reconciling without /healthz, /metrics and the console.
+    check_port_free(args.sidecar.listen)?;
     let client = connect(&args).await?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
     tracing::info!(
@@ -215,6 +218,16 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         .await
         .map_err(|e| StartupError::Runtime(format!("sidecar task: {e}")))?
         .map_err(|err| StartupError::Runtime(format!("sidecar: {err}")))
+}
+
+/// Fail fast (exit 2) when the sidecar's address cannot be bound. The sidecar binds again
+/// right after; a port taken in between still fails there, loudly.
+fn check_port_free(addr: std::net::SocketAddr) -> Result<(), StartupError> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|err| {
+        StartupError::Config(format!(
+            "cannot listen on {addr} for the sidecar: {err} (another process has it; choose another with --listen)"
+        ))
+    })
 }
 
 fn hostname() -> String {

@@ -14,7 +14,9 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.args(args)
         .env_clear()
         .env("HOME", home.path())
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // `run` checks its sidecar port first: never depend on 8080 being free here.
+        .env("AFK_LISTEN", "127.0.0.1:0");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -246,4 +248,25 @@ fn a_relative_claude_bin_resolves_against_the_start_up_directory() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("chat.completion"), "{answer}");
     assert!(!answer.contains("cli_unavailable"), "{answer}");
+}
+
+#[test]
+fn run_with_a_busy_sidecar_port_exits_2_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(
+        &[
+            "run",
+            "--listen",
+            &addr,
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+        &[],
+    );
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
