@@ -13,6 +13,19 @@ use serde::Deserialize;
 /// The agents the operator needs, by file stem.
 pub const REQUIRED: [&str; 3] = ["issue-implementer", "conversational", "breakglass"];
 
+/// `agents/*.md` as built into the binary (used when no `--agents-dir` is given).
+const EMBEDDED: [(&str, &str); 3] = [
+    ("agents/breakglass.md", include_str!("../agents/breakglass.md")),
+    (
+        "agents/conversational.md",
+        include_str!("../agents/conversational.md"),
+    ),
+    (
+        "agents/issue-implementer.md",
+        include_str!("../agents/issue-implementer.md"),
+    ),
+];
+
 /// The front matter of an agent file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,7 +131,6 @@ impl Agents {
             path: path.to_path_buf(),
             source,
         };
-        let mut by_name = BTreeMap::new();
         let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -126,8 +138,28 @@ impl Agents {
             .filter(|p| p.extension().is_some_and(|e| e == "md"))
             .collect();
         paths.sort();
+        let mut files = vec![];
         for path in paths {
             let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
+            files.push((path, text));
+        }
+        Self::from_files(files)
+    }
+
+    /// The definitions of the repo's `agents/`, compiled into the binary: the default, so the
+    /// binary runs from any directory.
+    pub fn embedded() -> Result<Self, AgentError> {
+        Self::from_files(
+            EMBEDDED
+                .iter()
+                .map(|(path, text)| (PathBuf::from(path), (*text).to_string()))
+                .collect(),
+        )
+    }
+
+    fn from_files(files: Vec<(PathBuf, String)>) -> Result<Self, AgentError> {
+        let mut by_name = BTreeMap::new();
+        for (path, text) in files {
             let agent = parse(&path, &text)?;
             by_name.insert(agent.meta.name.clone(), agent);
         }
@@ -181,6 +213,21 @@ mod tests {
         }
         assert_eq!(agents.get("conversational").unwrap().meta.tools, Some(vec![]));
         assert!(agents.get("breakglass").unwrap().body.contains("forensics"));
+    }
+
+    #[test]
+    fn the_embedded_agents_are_the_shipped_files() {
+        let dir = Agents::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agents")).unwrap();
+        let embedded = Agents::embedded().unwrap();
+        let names = |a: &Agents| a.by_name.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&dir),
+            names(&embedded),
+            "a new agents/*.md must be added to EMBEDDED"
+        );
+        for name in REQUIRED {
+            assert_eq!(dir.get(name).unwrap().body, embedded.get(name).unwrap().body);
+        }
     }
 
     #[test]

@@ -244,7 +244,11 @@ fn hostname() -> String {
 
 /// Load and validate the agent definitions; a broken one is a configuration error.
 fn load_agents(args: &crate::config::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
-    crate::agents::Agents::load_dir(&args.agents_dir).map_err(|err| StartupError::Config(err.to_string()))
+    match &args.agents_dir {
+        Some(dir) => crate::agents::Agents::load_dir(dir),
+        None => crate::agents::Agents::embedded(),
+    }
+    .map_err(|err| StartupError::Config(err.to_string()))
 }
 
 /// Build a client from `--kubeconfig`, or kube's usual inference (KUBECONFIG, ~/.kube/config,

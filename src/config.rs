@@ -117,9 +117,10 @@ pub struct SidecarArgs {
     /// Honour the SSO username header set by a trusted reverse proxy.
     #[arg(long, env = "AFK_TRUST_PROXY_HEADER", default_value_t = false)]
     pub trust_proxy_header: bool,
-    /// Directory holding the agent definitions (`*.md`).
-    #[arg(long, env = "AFK_AGENTS_DIR", default_value = "agents")]
-    pub agents_dir: PathBuf,
+    /// Directory holding the agent definitions (`*.md`); unset: the definitions built into the
+    /// binary (the repo's `agents/`), so it runs from any directory.
+    #[arg(long, env = "AFK_AGENTS_DIR")]
+    pub agents_dir: Option<PathBuf>,
     /// Seconds a client has to send its request headers before the connection is closed.
     #[arg(long, env = "AFK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_read_timeout_secs: u64,

@@ -270,3 +270,26 @@ fn run_with_a_busy_sidecar_port_exits_2_with_one_line() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The agent definitions are built in: started from a directory with no `agents/`, `run` gets
+/// past them (and stops at the missing kubeconfig, exit 2).
+#[test]
+fn run_needs_no_agents_dir_in_the_working_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(elsewhere.path())
+        .env_remove("AFK_AGENTS_DIR")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kubeconfig"), "{err}");
+    assert!(!err.contains("agent"), "{err}");
+}

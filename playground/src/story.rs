@@ -250,7 +250,6 @@ pub async fn play(o: Options) -> Result<(), String> {
     let token = hex::encode(&Sha256::digest(format!("{}{:?}", std::process::id(), Instant::now()))[..16]);
     let token_file = dir.join("console-token");
     std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
-    let agents_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agents");
     let argv: Vec<String> = [
         "afk-operator",
         "run",
@@ -268,8 +267,6 @@ pub async fn play(o: Options) -> Result<(), String> {
         &format!("127.0.0.1:{console_port}"),
         "--api-token-file",
         &token_file.to_string_lossy(),
-        "--agents-dir",
-        &agents_dir.to_string_lossy(),
         "--log-filter",
         &o.operator_log,
     ]
