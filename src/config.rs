@@ -22,15 +22,34 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controllers and the sidecar (needs a cluster).
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Run only the sidecar HTTP server (no cluster needed).
+    #[command(after_help = SIDECAR_EXAMPLES)]
     Sidecar(SidecarArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
 
+const RUN_EXAMPLES: &str = "\
+Examples:
+  afk-operator run                                  # current kubeconfig, every namespace
+  afk-operator run --namespace afk-system --leader-election
+  afk-operator run --kubeconfig /tmp/fake.kubeconfig --run-requeue-secs 1
+
+Every flag also reads the AFK_* environment variable shown; secrets are only ever file paths.
+Full reference: docs/configuration.md. Try it with nothing installed: cargo run -p afk-playground";
+
+const SIDECAR_EXAMPLES: &str = "\
+Examples:
+  afk-operator sidecar --api-token-file token --claude-bin tests/fixtures/fake-claude
+  afk-operator sidecar --listen 127.0.0.1:8080 --api-token-file /run/secrets/afk/token
+
+Full reference: docs/configuration.md.";
+
 /// Log output.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log filter in `tracing` EnvFilter syntax, e.g. `info,afk_operator=debug`.
     #[arg(long, env = "AFK_LOG", default_value = "info", global = true)]
@@ -61,6 +80,7 @@ pub enum Routes {
 
 /// Options of `afk-operator run`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster and controllers")]
 pub struct RunArgs {
     /// Kubeconfig file; defaults to `$KUBECONFIG`, `~/.kube/config`, then the in-cluster config.
     #[arg(long, env = "AFK_KUBECONFIG")]
@@ -106,6 +126,7 @@ pub struct RunArgs {
 
 /// Options of the sidecar HTTP server.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Sidecar (HTTP server, console)")]
 pub struct SidecarArgs {
     /// Address the sidecar listens on.
     #[arg(long, env = "AFK_LISTEN", default_value = "0.0.0.0:8080")]
@@ -141,6 +162,7 @@ pub struct SidecarArgs {
 
 /// The `claude` CLI and the voice gateway (`/v1/*`).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Voice gateway (claude CLI)")]
 pub struct VoiceArgs {
     /// The `claude` program (a path, or a name looked up on PATH).
     #[arg(long, env = "AFK_CLAUDE_BIN", default_value = "claude")]
@@ -176,6 +198,7 @@ pub struct VoiceArgs {
 
 /// Breakglass sessions and the VM power verbs (`/api/breakglass/*`).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Breakglass and VM power verbs")]
 pub struct BreakglassArgs {
     /// Sessions held at once; creating one more evicts the longest-idle session without a turn.
     #[arg(long, env = "AFK_BREAKGLASS_MAX_SESSIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]

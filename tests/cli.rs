@@ -293,3 +293,19 @@ fn run_needs_no_agents_dir_in_the_working_directory() {
     assert!(err.contains("kubeconfig"), "{err}");
     assert!(!err.contains("agent"), "{err}");
 }
+
+#[test]
+fn run_help_has_headings_and_examples() {
+    let out = run(&["run", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "Cluster and controllers:",
+        "Sidecar (HTTP server, console):",
+        "Voice gateway (claude CLI):",
+        "Breakglass and VM power verbs:",
+        "Examples:",
+    ] {
+        assert!(help.contains(heading), "{heading} missing:\n{help}");
+    }
+}
