@@ -156,7 +156,7 @@ const CAST: [Cast; 5] = [
         labeler: "alice",
         priority: Some("P2"),
         agent: Agent::Asks,
-        lesson: "the agent asks a question → NeedsHuman (AgentAskedForInput), handed back as ready-for-human",
+        lesson: "the agent asks a question → WaitingForHuman (doorbell); answer it and the same thread goes on",
     },
 ];
 
@@ -167,11 +167,12 @@ fn cast_of(repo: &str, issue: u64) -> Option<&'static Cast> {
 /// Timed things the simulated world does.
 #[derive(Debug)]
 enum Todo {
-    /// The agent's turn ends: push (or ask).
+    /// The agent acts: push and finish the turn, or (`Asks`, not yet answered) ask.
     AgentActs {
         run: String,
         thread: String,
         turn: usize,
+        answered: bool,
     },
     /// CI concludes on a commit.
     CiDone { repo: String, sha: String, green: bool },
@@ -302,6 +303,7 @@ pub async fn play(o: Options) -> Result<(), String> {
         clock,
         todo: vec![],
         turns_seen: BTreeMap::new(),
+        answers_seen: BTreeMap::new(),
         phases: BTreeMap::new(),
         queue: BTreeMap::new(),
         armed: None,
@@ -501,6 +503,8 @@ struct World {
     todo: Vec<(Instant, Todo)>,
     /// Turn starts already answered, per thread.
     turns_seen: BTreeMap<String, usize>,
+    /// Human answers (respond commands) already acted on, per thread.
+    answers_seen: BTreeMap<String, usize>,
     phases: BTreeMap<String, String>,
     queue: BTreeMap<String, String>,
     armed: Option<String>,
@@ -590,6 +594,14 @@ impl World {
             line.push_str(&format!(": {m}"));
         }
         say!(self.clock, "{line}");
+        if phase == "WaitingForHuman"
+            && let Some(id) = r["status"]["question"]["requestId"].as_str()
+        {
+            say!(
+                self.clock,
+                "answer it from the console, or: kubectl annotate afkrun {name} afk.dev/answer='{{\"id\":\"{id}\",\"text\":\"1.234,50 €\"}}'"
+            );
+        }
         self.phases.insert(name, phase);
     }
 
@@ -620,9 +632,27 @@ impl World {
             self.later(
                 self.pace.agent,
                 Todo::AgentActs {
+                    run: run.clone(),
+                    thread: thread.to_string(),
+                    turn: starts,
+                    answered: false,
+                },
+            );
+        }
+        let answers = self.t3.responses(thread).len();
+        if answers > self.answers_seen.get(thread).copied().unwrap_or(0) {
+            self.answers_seen.insert(thread.to_string(), answers);
+            say!(
+                self.clock,
+                "agent: {run} got the answer on thread {thread}; working on"
+            );
+            self.later(
+                self.pace.agent,
+                Todo::AgentActs {
                     run,
                     thread: thread.to_string(),
                     turn: starts,
+                    answered: true,
                 },
             );
         }
@@ -640,19 +670,31 @@ impl World {
 
     fn act(&mut self, t: Todo) {
         match t {
-            Todo::AgentActs { run, thread, turn } => {
+            Todo::AgentActs {
+                run,
+                thread,
+                turn,
+                answered,
+            } => {
                 let Some((repo, issue)) = self.run_spec(&run) else {
                     return;
                 };
                 let agent = cast_of(&repo, issue).map_or(Agent::Green, |c| c.agent);
-                if agent == Agent::Asks {
+                if agent == Agent::Asks && !answered {
+                    let id = self.t3.raise_question(
+                        &thread,
+                        json!([{"id": "format", "header": "Format", "question": "How should 1234.5 euros look?",
+                                "options": [{"label": "1.234,50 €", "description": "German convention"},
+                                            {"label": "€1,234.50", "description": "as today"}],
+                                "multiSelect": false}]),
+                    );
                     say!(
                         self.clock,
-                        "agent: {run} asks \"1.234,56 € or 1.234,56 EUR?\" and waits for an answer"
+                        "agent: {run} asks \"How should 1234.5 euros look?\" ({id}) and waits"
                     );
-                    self.t3.raise_request(&thread, false);
                     return;
                 }
+                let agent = if answered { Agent::Green } else { agent };
                 let sha = sha(&format!("{run} turn {turn}"));
                 let message = format!(
                     "{} (try {turn})\n\nCloses #{issue}\nAFK-Run: {run}",
@@ -804,7 +846,7 @@ impl World {
             phase(SHOP, 1) == "Succeeded",
             phase(SHOP, 2) == "Succeeded",
             phase(BILLING, 7) == "Frozen",
-            phase(BILLING, 8) == "NeedsHuman",
+            matches!(phase(BILLING, 8).as_str(), "WaitingForHuman" | "Succeeded"),
             refused,
             self.rang.iter().any(|t| t.contains("frozen")),
         ];
@@ -813,8 +855,13 @@ impl World {
             say!(
                 self.clock,
                 "the story is complete: {SHOP}#1 and #2 Succeeded (#2 waited for #1), #3 refused, \
-                 {BILLING}#7 Frozen after 2 fix-forward attempts, #8 NeedsHuman. \
-                 The fake cluster keeps serving: poke at it with kubectl; Ctrl-C to stop."
+                 {BILLING}#7 Frozen after 2 fix-forward attempts, #8 {}. \
+                 The fake cluster keeps serving: poke at it with kubectl; Ctrl-C to stop.",
+                if phase(BILLING, 8) == "Succeeded" {
+                    "answered and Succeeded"
+                } else {
+                    "WaitingForHuman: answer it and watch it finish"
+                }
             );
         }
     }

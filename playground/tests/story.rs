@@ -1,7 +1,8 @@
 //! Process level: the `afk-playground` binary, in accelerated mode, plays its whole story with
 //! the real controllers — disarmed until armed by a merge patch (what `kubectl patch` sends),
 //! then Succeeded and closed, blocked-then-run, refused with its reason in `status.queue`,
-//! Frozen with the doorbell, and the agent's question handed to a human. Every wait is on a
+//! Frozen with the doorbell, and the agent's question waiting for a human, answered, and the run
+//! going on to Succeeded on the same thread. Every wait is on a
 //! condition with a generous deadline (a loaded 2-core machine only makes it slower).
 
 use std::{
@@ -140,7 +141,7 @@ async fn the_playground_story_reaches_its_end_states() {
     assert_eq!(phase("demo-shop-1-1", &all), "Succeeded");
     assert_eq!(phase("demo-shop-2-1", &all), "Succeeded");
     assert_eq!(phase("demo-billing-7-1", &all), "Frozen");
-    assert_eq!(phase("demo-billing-8-1", &all), "NeedsHuman");
+    assert_eq!(phase("demo-billing-8-1", &all), "WaitingForHuman");
     assert!(
         !all.iter()
             .any(|r| r.spec.repo == "demo/shop" && r.spec.issue == 3),
@@ -156,9 +157,20 @@ async fn the_playground_story_reaches_its_end_states() {
         .iter()
         .find(|r| r.metadata.name.as_deref() == Some("demo-billing-8-1"))
         .unwrap();
-    assert_eq!(
-        asked.status.as_ref().unwrap().reason.as_deref(),
-        Some("AgentAskedForInput")
+    let question = asked
+        .status
+        .as_ref()
+        .unwrap()
+        .question
+        .clone()
+        .expect("status.question");
+    assert!(
+        question.text.contains("How should 1234.5 euros look?"),
+        "{question:?}"
+    );
+    assert!(
+        pg.position("needs an answer").is_some(),
+        "the needs-answer doorbell rang"
     );
 
     // Refused with its reason in status.queue.
@@ -205,6 +217,21 @@ async fn the_playground_story_reaches_its_end_states() {
         .map(|i| pg.lines.lock().unwrap()[i].clone());
     assert!(bell.is_some(), "{}", pg.output());
     assert!(pg.position("github: demo/billing#7 handed back").is_some());
+
+    // Answer the question as `kubectl annotate` does: the same thread goes on, the agent pushes,
+    // the run succeeds.
+    let answer = format!(r#"{{"id":"{}","text":"1.234,50 €"}}"#, question.request_id);
+    runs.patch(
+        "demo-billing-8-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"afk.dev/answer": answer}}})),
+    )
+    .await
+    .unwrap();
+    pg.wait_line("agent: demo-billing-8-1 got the answer", minutes(2))
+        .await;
+    pg.wait_line("run demo-billing-8-1 (demo/billing#8): Succeeded", minutes(2))
+        .await;
 
     // Fixed forward on the same thread: the opening turn and two corrective turns, each
     // followed by a push that was judged; the freeze names the last one.
