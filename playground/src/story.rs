@@ -525,6 +525,8 @@ impl World {
             .api
             .with_store(|s| s.get("afk.dev/v1alpha1", "AfkConfig", NS, CONFIG));
         let runs = self.api.with_store(|s| s.list("afk.dev/v1alpha1", "AfkRun", NS));
+        // GitHub first: a run that a closed issue unblocked is then printed after the close.
+        self.report_github();
         if let Some(c) = &config {
             self.report_config(c);
         }

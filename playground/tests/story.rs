@@ -168,10 +168,8 @@ async fn the_playground_story_reaches_its_end_states() {
         question.text.contains("How should 1234.5 euros look?"),
         "{question:?}"
     );
-    assert!(
-        pg.position("needs an answer").is_some(),
-        "the needs-answer doorbell rang"
-    );
+    // The bell follows the status write that the story's end waits on: wait for it too.
+    pg.wait_line("demo/billing#8 needs an answer", minutes(2)).await;
 
     // Refused with its reason in status.queue.
     let config = configs.get("demo").await.unwrap();
@@ -216,7 +214,8 @@ async fn the_playground_story_reaches_its_end_states() {
         .position("DOORBELL (ntfy, priority 4; Slack too): demo/billing#7 frozen")
         .map(|i| pg.lines.lock().unwrap()[i].clone());
     assert!(bell.is_some(), "{}", pg.output());
-    assert!(pg.position("github: demo/billing#7 handed back").is_some());
+    pg.wait_line("github: demo/billing#7 handed back", minutes(2))
+        .await;
 
     // Answer the question as `kubectl annotate` does: the same thread goes on, the agent pushes,
     // the run succeeds.
@@ -258,21 +257,28 @@ async fn the_playground_story_reaches_its_end_states() {
 
     // Events: the runs' and the AfkConfig's, readable through core/v1 as kubectl describe does.
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NS);
-    let for_config = events
-        .list(&ListParams::default().fields("involvedObject.kind=AfkConfig,involvedObject.name=demo"))
-        .await
-        .unwrap()
-        .items;
-    assert!(!for_config.is_empty(), "no Events for the AfkConfig");
-    let for_frozen = events
-        .list(&ListParams::default().fields("involvedObject.name=demo-billing-7-1"))
-        .await
-        .unwrap()
-        .items;
-    assert!(
-        for_frozen
+    let deadline = Instant::now() + minutes(2);
+    loop {
+        let for_config = events
+            .list(&ListParams::default().fields("involvedObject.kind=AfkConfig,involvedObject.name=demo"))
+            .await
+            .unwrap()
+            .items;
+        let for_frozen = events
+            .list(&ListParams::default().fields("involvedObject.name=demo-billing-7-1"))
+            .await
+            .unwrap()
+            .items;
+        let frozen_event = for_frozen
             .iter()
-            .any(|e| e.reason.as_deref() == Some("FixForwardBudgetExhausted")),
-        "{for_frozen:?}"
-    );
+            .any(|e| e.reason.as_deref() == Some("FixForwardBudgetExhausted"));
+        if !for_config.is_empty() && frozen_event {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Events missing: config {for_config:?}, frozen run {for_frozen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
