@@ -262,3 +262,47 @@ async fn the_binary_takes_an_answer_from_the_api_and_carries_on() {
     assert_eq!(w.t3.responses(&thread).len(), 1);
     assert_eq!(w.t3.applied_of("thread.create").len(), 1);
 }
+
+/// Process level: `kill -9` after the answer was recorded and before T3 took it (the respond
+/// fails, the binary dies); the restarted binary sends the same command once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_sends_an_answer_recorded_before_a_kill_9_exactly_once() {
+    use support::process::*;
+    let w = World::new().await;
+    w.label_issue(42, "Do it", "alice");
+    let mut served = w.api.serve().await;
+    let kubeconfig = served.kubeconfig();
+    w.apply_config(json!({})).await;
+    let mut op = spawn_operator(&kubeconfig, free_port());
+    w.wait_phase(RUN, Phase::Working).await;
+    let thread = w.thread_id(RUN);
+    let request = w.t3.raise_request(&thread, true);
+    w.wait_phase(RUN, Phase::WaitingForHuman).await;
+    // T3 fails every dispatch for now (nothing applied): the answer stays recorded, unsent.
+    w.t3.inject(Fault {
+        status: 503,
+        remaining: 1_000_000,
+        apply_first: false,
+    });
+    annotate_answer(&w, json!({"id": request, "decision": "accept"})).await;
+    w.wait_for("the answer recorded, not sent", |w| {
+        let a = &w.run_obj(RUN).unwrap()["status"]["answer"];
+        a["commandId"].is_string() && a["sentAt"].is_null()
+    })
+    .await;
+    op.kill();
+    w.t3.inject(Fault {
+        status: 503,
+        remaining: 0,
+        apply_first: false,
+    });
+    let _op = spawn_operator(&served.kubeconfig(), free_port());
+    w.wait_phase(RUN, Phase::Working).await;
+    let responses = w.t3.responses(&thread);
+    assert_eq!(responses.len(), 1, "{responses:#?}");
+    assert_eq!(responses[0]["decision"], "accept");
+    assert_eq!(
+        responses[0]["commandId"],
+        w.run_obj(RUN).unwrap()["status"]["answer"]["commandId"]
+    );
+}

@@ -143,3 +143,47 @@ async fn a_private_key_that_is_not_pem_stalls_the_config_naming_the_secret() {
     assert_eq!(w.gh.token_exchanges(), 0);
     assert!(w.run_obj(RUN).is_none());
 }
+
+/// The same through the real binary: GitHub App credentials only (no PAT works), the
+/// installation token revoked mid-run and re-minted, the run ends `Succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_under_github_app_credentials_across_a_token_refresh() {
+    use support::process::*;
+    let w = World::new().await;
+    let key = AppKey::generate();
+    w.gh.enable_app(APP_ID, INSTALLATION, &key.public_pem);
+    w.gh.with(|s| s.token = "pat-not-configured".into());
+    let pem = base64::engine::general_purpose::STANDARD.encode(&key.private_pkcs1_pem);
+    w.api.with_store(|s| {
+        s.seed(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "github-app", "namespace": NS},
+            "data": {"private-key.pem": pem}}),
+        )
+    });
+    w.label_issue(42, "Retry webhooks.", "alice");
+    let mut served = w.api.serve().await;
+    let kubeconfig = served.kubeconfig();
+    w.apply_config(json!({"tracker": {"github": {
+        "tokenSecretRef": null,
+        "app": {"appId": APP_ID, "installationId": INSTALLATION,
+                "privateKeySecretRef": {"name": "github-app", "key": "private-key.pem"}}
+    }}}))
+    .await;
+    let _op = spawn_operator(&kubeconfig, free_port());
+    w.wait_phase(RUN, Phase::Working).await;
+    let minted = w.gh.token_exchanges();
+    assert!(minted >= 1);
+    w.gh.expire_installation_tokens();
+    let sha = w.push(RUN, 1, "success");
+    w.roll_out(&sha);
+    w.end_turn(RUN);
+    w.wait_phase(RUN, Phase::Succeeded).await;
+    assert!(
+        w.gh.token_exchanges() > minted,
+        "a new installation token was minted"
+    );
+    w.wait_for("the issue closed", |w| {
+        w.gh.repo(REPO, |r| r.issues[&42].state == "closed")
+    })
+    .await;
+}
