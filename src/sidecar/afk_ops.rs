@@ -162,7 +162,8 @@ pub struct StopTarget {
 }
 
 async fn resolve_config(api: &Api<AfkConfig>, name: Option<String>) -> Result<String, Response> {
-    if let Some(n) = name {
+    // An empty name (a form field left blank) means "not given", never a config called "".
+    if let Some(n) = name.filter(|n| !n.trim().is_empty()) {
         return Ok(n);
     }
     match api.list(&ListParams::default()).await {

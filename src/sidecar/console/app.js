@@ -171,32 +171,255 @@ async function loadVerbs() {
   }
 }
 
-async function loadRuns() {
-  const { status, data } = await api("GET", "/api/afk/runs");
-  const box = $("runs");
-  if (status !== 200) { box.textContent = (data && data.error && data.error.message) || "HTTP " + status; return; }
-  box.textContent = "";
-  for (const [group, runs] of Object.entries(data)) {
-    if (!Array.isArray(runs)) continue;
-    const h = document.createElement("h3");
-    h.textContent = group + " (" + runs.length + ")";
-    box.appendChild(h);
-    for (const r of runs) {
-      const p = document.createElement("div");
-      p.className = "event";
-      p.textContent = (r.repo || "") + "#" + (r.issue || "") + " " + (r.phase || "") + " " + (r.reason || "");
-      box.appendChild(p);
-    }
+// ---- AFK loop: waiting questions, runs, emergency stop (short polling with backoff) ----
+
+const GROUPS = [
+  ["inProgress", "In progress"],
+  ["queued", "Queued"],
+  ["recentlyResolved", "Recently resolved"],
+  ["failedOrBlocked", "Failed or blocked"],
+];
+const POLL_MS = 5000;
+const POLL_MAX_MS = 60000;
+let pollDelay = POLL_MS;
+let pollTimer = null;
+// requestId → what this tab sent, so a poll that still sees the run waiting (the controller has
+// not picked the answer up yet) shows the confirmation instead of asking again.
+const sent = new Map();
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function errorText(status, data) {
+  return (data && data.error && data.error.message) || "HTTP " + status;
+}
+
+function ago(iso) {
+  const secs = Math.max(0, Math.floor((Date.now() - Date.parse(iso)) / 1000));
+  if (!Number.isFinite(secs)) return "";
+  if (secs < 60) return "waiting " + secs + " s";
+  if (secs < 3600) return "waiting " + Math.floor(secs / 60) + " min";
+  if (secs < 86400) return "waiting " + Math.floor(secs / 3600) + " h " + Math.floor((secs % 3600) / 60) + " min";
+  return "waiting " + Math.floor(secs / 86400) + " d";
+}
+
+async function sendAnswer(item, run, body, what) {
+  const q = run.question;
+  for (const b of item.querySelectorAll("button, textarea")) b.disabled = true;
+  const path = "/api/afk/runs/" + encodeURIComponent(run.namespace) + "/" + encodeURIComponent(run.name) + "/answer";
+  const { status, data } = await api("POST", path, body);
+  const result = item.querySelector(".answer-result");
+  if (status === 202) {
+    sent.set(q.requestId, what);
+    showSent(item, what);
+  } else {
+    for (const b of item.querySelectorAll("button, textarea")) b.disabled = false;
+    result.dataset.state = "error";
+    result.textContent = "not sent: " + errorText(status, data);
   }
 }
 
-async function estop(engage) {
-  const config = $("stop-config").value.trim();
-  const reason = $("stop-reason").value.trim();
-  const { status, data } = engage
-    ? await api("POST", "/api/afk/emergency-stop", { config, reason })
-    : await api("DELETE", "/api/afk/emergency-stop", { config });
-  $("estop-output").textContent = status + " " + JSON.stringify(data);
+function showSent(item, what) {
+  const controls = item.querySelector(".answer-controls");
+  if (controls) controls.remove();
+  const result = item.querySelector(".answer-result");
+  result.dataset.state = "sent";
+  result.textContent = "Sent: " + what + " — the agent gets it on the next reconcile.";
+}
+
+function waitingItem(run) {
+  const q = run.question;
+  const item = el("div", "waiting-item");
+  item.dataset.key = run.namespace + "/" + run.name + "/" + q.requestId;
+  item.dataset.run = run.namespace + "/" + run.name;
+  const head = el("div", "row");
+  const link = el("strong", "grow", run.repo + "#" + run.issue);
+  head.appendChild(link);
+  const waited = el("span", "waited hint", ago(q.askedAt));
+  waited.dataset.askedAt = q.askedAt;
+  head.appendChild(waited);
+  item.appendChild(head);
+  if (run.title) item.appendChild(el("div", "hint", run.title));
+  // For questions the labels below carry the text; an approval shows its one line here.
+  if (q.kind === "approval" || !(q.questions || []).length) item.appendChild(el("p", "question-text", q.text));
+  const controls = el("div", "answer-controls");
+  if (q.kind === "approval") {
+    if (q.detail) controls.appendChild(el("pre", "detail", (q.requestKind ? q.requestKind + ": " : "") + q.detail));
+    const row = el("div", "row");
+    const yes = el("button", "approve", "Approve");
+    yes.onclick = () => sendAnswer(item, run, { decision: "accept" }, "approved");
+    const no = el("button", "decline danger", "Decline");
+    no.onclick = () => sendAnswer(item, run, { decision: "decline" }, "declined");
+    row.append(yes, no);
+    controls.appendChild(row);
+  } else {
+    const boxes = [];
+    for (const question of q.questions || []) {
+      const label = el("label", "", (question.header ? question.header + ": " : "") + question.question);
+      const box = el("textarea", "answer-text");
+      box.rows = 2;
+      box.dataset.qid = question.id;
+      box.setAttribute("aria-label", question.question);
+      if (question.options && question.options.length) {
+        box.placeholder = "e.g. " + question.options.join(" / ");
+        const opts = el("div", "presets");
+        for (const o of question.options) {
+          const b = el("button", "option", o);
+          b.onclick = () => { box.value = o; };
+          opts.appendChild(b);
+        }
+        controls.append(label, opts, box);
+      } else {
+        controls.append(label, box);
+      }
+      boxes.push(box);
+    }
+    const send = el("button", "send-answer", "Send answer");
+    send.onclick = () => {
+      const filled = boxes.filter((b) => b.value.trim());
+      if (!filled.length) { item.querySelector(".answer-result").textContent = "write an answer first"; return; }
+      if (boxes.length === 1) {
+        const text = boxes[0].value.trim();
+        sendAnswer(item, run, { text }, "“" + text + "”");
+      } else {
+        const answers = {};
+        for (const b of filled) answers[b.dataset.qid] = b.value.trim();
+        sendAnswer(item, run, { answers }, filled.map((b) => b.dataset.qid + ": “" + answers[b.dataset.qid] + "”").join(", "));
+      }
+    };
+    controls.appendChild(send);
+  }
+  item.appendChild(controls);
+  item.appendChild(el("div", "answer-result"));
+  if (sent.has(q.requestId)) showSent(item, sent.get(q.requestId));
+  return item;
+}
+
+// Keyed update: items being typed into are never re-rendered by a poll.
+function renderWaiting(runs) {
+  const box = $("waiting");
+  const keep = new Set();
+  for (const run of runs) {
+    const key = run.namespace + "/" + run.name + "/" + run.question.requestId;
+    keep.add(key);
+    let item = [...box.children].find((c) => c.dataset.key === key);
+    if (!item) box.appendChild(waitingItem(run));
+    else {
+      const w = item.querySelector(".waited");
+      w.textContent = ago(w.dataset.askedAt);
+    }
+  }
+  for (const c of [...box.children]) if (!keep.has(c.dataset.key)) c.remove();
+  $("waiting-panel").hidden = runs.length === 0;
+  $("waiting-count").textContent = String(runs.length);
+}
+
+function runLine(group, r) {
+  const p = el("div", "event run");
+  p.dataset.group = group;
+  const parts = [(r.repo || "") + "#" + (r.issue || "")];
+  if (group === "queued") parts.push(r.config ? "(" + r.config + ")" : "", r.reason || "");
+  else parts.push(r.phase || "", r.ci ? "CI " + r.ci : "", r.reason || "");
+  p.textContent = parts.filter(Boolean).join(" · ");
+  if (r.title) p.appendChild(el("div", "hint", r.title));
+  if (r.message) p.appendChild(el("div", "hint", r.message));
+  return p;
+}
+
+function renderRuns(data) {
+  const box = $("runs");
+  box.textContent = "";
+  for (const [key, title] of GROUPS) {
+    const runs = Array.isArray(data[key]) ? data[key] : [];
+    const h = el("h4", "", title + " (" + runs.length + ")");
+    h.dataset.group = key;
+    box.appendChild(h);
+    for (const r of runs) box.appendChild(runLine(key, r));
+  }
+  const waiting = [];
+  for (const [key] of GROUPS) {
+    for (const r of Array.isArray(data[key]) ? data[key] : []) {
+      if (r.phase === "WaitingForHuman" && r.question) waiting.push(r);
+    }
+  }
+  renderWaiting(waiting);
+}
+
+function renderStops(configs) {
+  const box = $("estop-configs");
+  box.textContent = "";
+  if (!configs.length) { box.appendChild(el("p", "hint", "no AfkConfigs")); return; }
+  for (const c of configs) {
+    const row = el("div", "row estop-config");
+    row.dataset.config = c.config;
+    row.dataset.namespace = c.namespace || "";
+    row.dataset.stopped = String(Boolean(c.stopped));
+    const name = el("div", "grow");
+    name.appendChild(el("strong", "", c.config));
+    if (c.namespace) name.appendChild(el("span", "hint", " " + c.namespace));
+    const state = el("div", "hint stop-state", c.stopped ? "STOPPED: " + (c.reason || "") : "running");
+    name.appendChild(state);
+    row.appendChild(name);
+    const b = c.stopped ? el("button", "release", "Release") : el("button", "engage danger", "Stop");
+    b.onclick = () => estop(!c.stopped, c);
+    row.appendChild(b);
+    box.appendChild(row);
+  }
+}
+
+async function loadStops() {
+  const { status, data } = await api("GET", "/api/afk/emergency-stop");
+  if (status !== 200) { $("estop-configs").textContent = errorText(status, data); return false; }
+  renderStops(data.configs || []);
+  return true;
+}
+
+async function loadRuns() {
+  const { status, data } = await api("GET", "/api/afk/runs");
+  if (status !== 200) { $("runs").textContent = errorText(status, data); return false; }
+  renderRuns(data);
+  return true;
+}
+
+// One poll of runs and stops; on failure back off (doubling up to a minute), on success return to
+// the short interval. A hidden tab does not poll; it refreshes when it is shown again.
+async function poll() {
+  if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+  if (!token) return;
+  let ok = false;
+  try { ok = (await Promise.all([loadRuns(), loadStops()])).every(Boolean); } catch (_) { ok = false; }
+  const state = $("runs-state");
+  if (ok) {
+    pollDelay = POLL_MS;
+    state.dataset.state = "live";
+    state.textContent = "updated " + new Date().toLocaleTimeString();
+  } else {
+    pollDelay = Math.min(pollDelay * 2, POLL_MAX_MS);
+    state.dataset.state = "retrying";
+    state.textContent = "retrying in " + Math.round(pollDelay / 1000) + " s";
+  }
+  if (!document.hidden) pollTimer = setTimeout(poll, pollDelay);
+}
+
+async function estop(engage, c) {
+  const target = { config: c.config };
+  if (c.namespace) target.namespace = c.namespace;
+  let res;
+  if (engage) {
+    const reason = $("stop-reason").value.trim();
+    if (!reason) { $("estop-output").textContent = "give a reason to stop " + c.config; $("stop-reason").focus(); return; }
+    res = await api("POST", "/api/afk/emergency-stop", Object.assign({ reason }, target));
+  } else {
+    res = await api("DELETE", "/api/afk/emergency-stop?" + new URLSearchParams(target).toString());
+  }
+  $("estop-output").textContent = res.status === 200
+    ? c.config + (engage ? ": emergency stop engaged" : ": emergency stop released")
+    : c.config + ": " + errorText(res.status, res.data);
+  await loadStops();
 }
 
 function boot() {
@@ -204,7 +427,7 @@ function boot() {
   $("save-token").onclick = () => {
     token = $("token").value.trim();
     store.setItem("afk.token", token);
-    refreshSessions(); loadVerbs();
+    refreshSessions(); loadVerbs(); poll();
   };
   $("new-session").onclick = async () => {
     const { status, data } = await api("POST", "/api/breakglass/sessions", {});
@@ -217,10 +440,9 @@ function boot() {
   $("stop").onclick = () => sessionId && api("POST", "/api/breakglass/sessions/" + sessionId + "/cancel", {});
   $("confirm-yes").onclick = () => { $("confirm-box").hidden = true; if (pendingVerb) runVerb(pendingVerb, true); pendingVerb = null; };
   $("confirm-no").onclick = () => { $("confirm-box").hidden = true; pendingVerb = null; };
-  $("refresh-runs").onclick = loadRuns;
-  $("estop").onclick = () => estop(true);
-  $("estop-release").onclick = () => estop(false);
-  if (token) { refreshSessions(); loadVerbs(); }
+  $("refresh-runs").onclick = poll;
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
+  if (token) { refreshSessions(); loadVerbs(); poll(); }
   if (token && sessionId) attach(sessionId);
 }
 
