@@ -810,18 +810,9 @@ impl Work {
         Ok(())
     }
 
-    /// The doorbell, at least once (SPEC §3.7): the intent is recorded, then delivered, then
-    /// marked delivered — a crash in between rings again after the restart. A delivery that
-    /// still fails after the notifier's bounded retries is a Warning Event, never a blocked run.
-    async fn ring(&mut self, phase: Phase) -> Result<(), Error> {
-        let Some(kind) = NotificationKind::for_phase(phase) else {
-            self.st.effects.notification = true;
-            return self.save().await;
-        };
-        if self.st.effects.notification_intent_at.is_none() {
-            self.st.effects.notification_intent_at = Some(self.time());
-            self.save().await?;
-        }
+    /// Render the notification of `kind` for this run and send it on every channel; a channel
+    /// that still fails after its bounded retries is a Warning Event (the caller records delivery).
+    async fn deliver(&self, kind: NotificationKind) {
         let n = render::notification(kind, &self.view());
         let msg = Outgoing {
             title: n.title.clone(),
@@ -841,6 +832,21 @@ impl Work {
                 .await;
             }
         }
+    }
+
+    /// The doorbell, at least once (SPEC §3.7): the intent is recorded, then delivered, then
+    /// marked delivered — a crash in between rings again after the restart. A delivery that
+    /// still fails after the notifier's bounded retries is a Warning Event, never a blocked run.
+    async fn ring(&mut self, phase: Phase) -> Result<(), Error> {
+        let Some(kind) = NotificationKind::for_phase(phase) else {
+            self.st.effects.notification = true;
+            return self.save().await;
+        };
+        if self.st.effects.notification_intent_at.is_none() {
+            self.st.effects.notification_intent_at = Some(self.time());
+            self.save().await?;
+        }
+        self.deliver(kind).await;
         self.st.effects.notification = true;
         self.save().await
     }
@@ -955,25 +961,7 @@ impl Work {
     /// The `needs-answer` bell for the recorded question, at least once (the question is on
     /// record before it rings; `notified` marks delivery).
     async fn ring_question(&mut self) -> Result<(), Error> {
-        let n = render::notification(NotificationKind::NeedsAnswer, &self.view());
-        let msg = Outgoing {
-            title: n.title.clone(),
-            body: n.body.clone(),
-            ntfy_priority: n.ntfy_priority,
-            tags: n.tags.iter().map(|t| t.to_string()).collect(),
-            click: n.click.clone(),
-            slack: render::slack_payload(&n),
-        };
-        for notifier in self.adapters.notifiers.clone() {
-            if let Err(e) = notifier.deliver(&msg).await {
-                self.event(
-                    true,
-                    "NotificationFailed",
-                    format!("{} delivery failed: {e}", notifier.channel()),
-                )
-                .await;
-            }
-        }
+        self.deliver(NotificationKind::NeedsAnswer).await;
         if let Some(q) = self.st.question.as_mut() {
             q.notified = true;
         }
