@@ -48,10 +48,7 @@ async fn a_question_is_answered_and_the_run_carries_on_in_the_same_thread() {
     assert_eq!(q["questions"][0]["id"], "db");
     assert_eq!(q["questions"][0]["options"], json!(["Postgres", "SQLite"]));
     assert!(q["text"].as_str().unwrap().contains("Which database"), "{q}");
-    w.wait_for("one needs-answer bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs an answer"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs an answer"]).await;
 
     // A stale answer (another request id) is ignored with a Warning, never sent.
     annotate_answer(&w, json!({"id": "req-0", "text": "Postgres"})).await;
@@ -82,10 +79,8 @@ async fn a_question_is_answered_and_the_run_carries_on_in_the_same_thread() {
     w.wait_phase(RUN, Phase::Succeeded).await;
     assert_eq!(w.t3.applied_of("thread.create").len(), 1);
     assert_eq!(w.t3.responses(&thread).len(), 1, "exactly one respond command");
-    w.wait_for("the done bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs an answer", "acme/app#42 done"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs an answer", "acme/app#42 done"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,10 +132,8 @@ async fn no_answer_within_the_timeout_interrupts_and_needs_a_human() {
         w.t3.applied_of("thread.turn.interrupt").len() == 1
     })
     .await;
-    w.wait_for("the bells", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs an answer", "acme/app#42 needs a human"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs an answer", "acme/app#42 needs a human"])
+        .await;
 }
 
 /// A crash between recording the answer and learning that T3 took it (a lost reply, then a
@@ -199,10 +192,7 @@ async fn the_binary_takes_an_answer_from_the_api_and_carries_on() {
     let thread = w.thread_id(RUN);
     let request = w.t3.raise_request(&thread, false);
     w.wait_phase(RUN, Phase::WaitingForHuman).await;
-    w.wait_for("one needs-answer bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs an answer"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs an answer"]).await;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}/api/afk/runs/{NS}/{RUN}");
     let got: serde_json::Value = http

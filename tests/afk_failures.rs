@@ -37,14 +37,8 @@ async fn a_revoked_t3_token_fails_the_run_loudly_and_frees_the_repo() {
     assert_eq!(run_field(&w, "reason"), "ExecutorUnauthorized");
     let message = run_field(&w, "message").as_str().unwrap().to_string();
     assert!(message.contains("t3 auth session issue"), "{message}");
-    w.wait_for("the failed bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 failed"]
-    })
-    .await;
-    w.wait_for("the issue handed back", |w| {
-        w.issue_labels(42) == vec!["ready-for-human".to_string()]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 failed"]).await;
+    w.wait_labels(42, &["ready-for-human"]).await;
     assert_eq!(
         events_with_reason(&w, "ExecutorUnauthorized")[0]["type"],
         "Warning"
@@ -69,14 +63,8 @@ async fn a_bad_t3_token_at_dispatch_fails_instead_of_pending_forever() {
     w.wait_phase(RUN, Phase::Failed).await;
     assert_eq!(run_field(&w, "reason"), "ExecutorUnauthorized");
     assert!(w.t3.applied_of("thread.create").is_empty());
-    w.wait_for("the failed bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 failed"]
-    })
-    .await;
-    w.wait_for("ready-for-human", |w| {
-        w.issue_labels(42) == vec!["ready-for-human".to_string()]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 failed"]).await;
+    w.wait_labels(42, &["ready-for-human"]).await;
 }
 
 /// T3 rejecting the dispatch for a business reason (500 `orchestration_dispatch_failed`) is
@@ -94,14 +82,8 @@ async fn a_rejected_dispatch_fails_with_its_bell() {
     w.start();
     w.wait_phase(RUN, Phase::Failed).await;
     assert_eq!(run_field(&w, "reason"), "DispatchRejected");
-    w.wait_for("the failed bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 failed"]
-    })
-    .await;
-    w.wait_for("ready-for-human", |w| {
-        w.issue_labels(42) == vec!["ready-for-human".to_string()]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 failed"]).await;
+    w.wait_labels(42, &["ready-for-human"]).await;
 }
 
 /// A 5xx on the in-progress label write is healed on a later reconcile (labels are
@@ -166,10 +148,7 @@ async fn a_crash_during_the_doorbell_rings_it_after_the_restart() {
         json!(false)
     );
     w.start();
-    w.wait_for("the bell after the restart", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs a human"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs a human"]).await;
     w.wait_for("recorded as delivered", |w| {
         w.run_obj(RUN).unwrap()["status"]["effects"]["notification"] == json!(true)
     })
@@ -219,10 +198,7 @@ async fn a_stalled_turn_is_interrupted_and_handed_back() {
         w.t3.applied_of("thread.turn.interrupt").len() == 1
     })
     .await;
-    w.wait_for("the needs-human bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs a human"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs a human"]).await;
 }
 
 /// Red past the fix-forward time budget freezes (judged after the turn ended).
@@ -247,10 +223,7 @@ async fn red_past_the_time_budget_freezes() {
     w.wait_phase(RUN, Phase::Frozen).await;
     let message = run_field(&w, "message").as_str().unwrap().to_string();
     assert!(message.contains("time budget"), "{message}");
-    w.wait_for("the frozen bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 frozen"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 frozen"]).await;
 }
 
 /// A transient T3 fault at dispatch is retried with the same ids: one thread, one turn.

@@ -106,10 +106,7 @@ async fn the_binary_freezes_a_run_past_its_budget() {
     w.push("acme-app-42-1", 2, "failure");
     w.end_turn("acme-app-42-1");
     w.wait_phase("acme-app-42-1", Phase::Frozen).await;
-    w.wait_for("one frozen message", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 frozen"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 frozen"]).await;
     w.wait_for("ready-for-human", |w| {
         w.issue_labels(42).contains(&"ready-for-human".to_string())
     })
@@ -165,14 +162,8 @@ async fn the_binary_fails_a_rejected_dispatch_with_its_bell() {
     .await;
     w.wait_phase(RUN, Phase::Failed).await;
     assert_eq!(w.run_obj(RUN).unwrap()["status"]["reason"], "DispatchRejected");
-    w.wait_for("the failed bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 failed"]
-    })
-    .await;
-    w.wait_for("ready-for-human", |w| {
-        w.issue_labels(42) == vec!["ready-for-human".to_string()]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 failed"]).await;
+    w.wait_labels(42, &["ready-for-human"]).await;
 }
 
 /// A 5xx on the label write at dispatch heals (labels are level-triggered).
@@ -215,10 +206,7 @@ async fn the_binary_rings_a_bell_cut_by_kill_9_after_the_restart() {
     w.notify.with(|s| s.hold = false);
     assert!(w.ntfy_titles().is_empty());
     let _op = spawn_operator(&served.kubeconfig(), free_port());
-    w.wait_for("the bell after the restart", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs a human"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs a human"]).await;
 }
 
 /// GitHub failing while the gate facts are gathered: the issue waits with `github unavailable`.
@@ -257,10 +245,7 @@ async fn the_binary_hands_a_stalled_run_to_a_human() {
         w.t3.applied_of("thread.turn.interrupt").len() == 1
     })
     .await;
-    w.wait_for("the bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 needs a human"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 needs a human"]).await;
 }
 
 /// Red past the fix-forward time budget freezes once the corrective turn has ended.
@@ -279,10 +264,7 @@ async fn the_binary_freezes_past_the_time_budget() {
     w.push(RUN, 2, "failure");
     w.end_turn(RUN);
     w.wait_phase(RUN, Phase::Frozen).await;
-    w.wait_for("the frozen bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 frozen"]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 frozen"]).await;
 }
 
 /// Retention: past `history.failedToKeep`, the oldest terminal runs of a repo are deleted.

@@ -82,14 +82,8 @@ async fn a_revoked_t3_token_shows_on_the_config_and_fails_its_run() {
     w.t3.revoke_token(T3_TOKEN);
     w.wait_phase("acme-app-42-1", afk_operator::crd::Phase::Failed)
         .await;
-    w.wait_for("the failed bell", |w| {
-        w.ntfy_titles() == vec!["acme/app#42 failed"]
-    })
-    .await;
-    w.wait_for("ready-for-human", |w| {
-        w.issue_labels(42) == vec!["ready-for-human".to_string()]
-    })
-    .await;
+    w.wait_bells(&["acme/app#42 failed"]).await;
+    w.wait_labels(42, &["ready-for-human"]).await;
     let message = wait_condition(&w, "ExecutorReachable", "False", "Unauthorized").await;
     assert!(message.contains("authenticated: false"), "{message}");
     wait_condition(&w, "Ready", "False", "Unauthorized").await;

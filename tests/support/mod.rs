@@ -355,6 +355,20 @@ impl World {
         });
     }
 
+    /// Wait until exactly these doorbell titles have rung, in order.
+    pub async fn wait_bells(&self, titles: &[&str]) {
+        self.wait_for(&format!("the bells {titles:?}"), |w| w.ntfy_titles() == titles)
+            .await;
+    }
+
+    /// Wait until issue `n` carries exactly these labels.
+    pub async fn wait_labels(&self, n: u64, labels: &[&str]) {
+        self.wait_for(&format!("issue #{n} labelled {labels:?}"), |w| {
+            w.issue_labels(n) == labels
+        })
+        .await;
+    }
+
     /// The agent ends its current turn normally (as T3 shows it: turn completed, session ready).
     pub fn end_turn(&self, run: &str) {
         self.t3.finish_turn(&self.thread_id(run), "completed", "ready");
