@@ -194,6 +194,23 @@ pub struct VoiceArgs {
     /// Cost cap per chat/conversational turn in USD (`--max-budget-usd`), when set.
     #[arg(long, env = "AFK_CHAT_MAX_BUDGET_USD")]
     pub chat_max_budget_usd: Option<f64>,
+    /// Warm `claude` processes kept per model used in the last `--chat-pool-window-secs`, each
+    /// ready for one `/v1/chat/completions` request (0 disables). They use free turn slots only
+    /// and count against `--max-concurrent-turns`.
+    #[arg(long, env = "AFK_CHAT_POOL_SIZE", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub chat_pool_size: u64,
+    /// How long a model counts as used for the warm pool after a request named it.
+    #[arg(long, env = "AFK_CHAT_POOL_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub chat_pool_window_secs: u64,
+    /// `/v1/conversational` sessions whose process is kept alive between turns (LRU; 0: every
+    /// turn starts a process with `--resume`). Kept processes count against
+    /// `--max-concurrent-turns` and give their slot up first when a request needs one.
+    #[arg(long, env = "AFK_LIVE_SESSIONS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=256))]
+    pub live_sessions: u64,
+    /// A kept conversation process is let go after this long without a turn (the session then
+    /// continues by `--resume`).
+    #[arg(long, env = "AFK_LIVE_SESSION_IDLE_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub live_session_idle_secs: u64,
 }
 
 /// Breakglass sessions and the VM power verbs (`/api/breakglass/*`).

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub cli_failures: Family<Kind, Counter>,
     /// Breakglass sessions held now.
     pub breakglass_sessions: Gauge,
+    /// Voice turns by the process that served them: `warm` (pool), `live` (kept conversation),
+    /// `cold` (spawned for the request).
+    pub voice_turn_starts: Family<Kind, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,6 +189,12 @@ impl Metrics {
         let active_streams = Gauge::default();
         let cli_failures = Family::<Kind, Counter>::default();
         let breakglass_sessions = Gauge::default();
+        let voice_turn_starts = Family::<Kind, Counter>::default();
+        registry.register(
+            "voice_turn_starts",
+            "Voice turns by the process that served them (warm, live, cold)",
+            voice_turn_starts.clone(),
+        );
         registry.register(
             "sidecar_requests",
             "Sidecar requests by route and status",
@@ -218,6 +227,7 @@ impl Metrics {
             active_streams,
             cli_failures,
             breakglass_sessions,
+            voice_turn_starts,
             runs,
             dispatches,
             escalations,
@@ -238,6 +248,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Count a voice turn by the process that served it (`warm`, `live`, `cold`).
+    pub fn voice_turn_start(&self, kind: &'static str) {
+        self.voice_turn_starts
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Count a CLI failure of a static kind.

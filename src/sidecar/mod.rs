@@ -13,11 +13,13 @@ pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
 pub mod console;
+pub mod conversational;
 pub mod error;
 pub mod openai;
 pub mod pve;
 pub mod turns;
 pub mod voice;
+pub mod warm;
 pub mod webhook;
 
 use std::{
@@ -267,7 +269,7 @@ fn cli_routes(state: &SidecarState) -> Router<SidecarState> {
     let v1 = Router::new()
         .route("/v1/models", get(voice::models))
         .route("/v1/chat/completions", post(voice::chat_completions))
-        .route("/v1/conversational", post(voice::conversational))
+        .route("/v1/conversational", post(conversational::conversational))
         .layer(DefaultBodyLimit::max(MAX_V1_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let breakglass = Router::new()
@@ -362,6 +364,10 @@ pub async fn serve_on(
         service::TowerToHyperService,
     };
     let cancel = state.shutdown.clone();
+    if let Some(voice) = &state.voice {
+        // Warm processes only where the voice routes are served.
+        voice.start_background();
+    }
     let app = router(state);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // hyper arms this timer whenever it waits for a request head, including the first one.

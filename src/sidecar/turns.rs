@@ -75,6 +75,20 @@ impl Limiter {
         }
     }
 
+    /// A slot now, only when one is free and nobody is waiting for it (warm processes use spare
+    /// capacity only; they never overtake a queued request).
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        if self.queued() > 0 {
+            return None;
+        }
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::SeqCst)
@@ -240,6 +254,10 @@ pub struct Driver {
     saw_text: bool,
     pending: std::collections::VecDeque<Step>,
     done: bool,
+    /// Keep the process after a successful result (a live conversation) instead of letting it exit.
+    keep_alive: bool,
+    /// The process kept after a successful result, for [`Driver::into_live`].
+    kept: Option<Turn>,
 }
 
 impl Driver {
@@ -254,18 +272,27 @@ impl Driver {
             saw_text: false,
             pending: std::collections::VecDeque::new(),
             done: false,
+            keep_alive: false,
+            kept: None,
         }
+    }
+
+    /// Keep the process once the turn succeeds ([`Driver::into_live`]): it waits for the next
+    /// message instead of being let go.
+    pub fn keep_alive(mut self) -> Self {
+        self.keep_alive = true;
+        self
+    }
+
+    /// The still-running process of a turn that finished successfully with
+    /// [`Driver::keep_alive`]; `None` otherwise (a failed turn's process is already killed).
+    pub fn into_live(mut self) -> Option<Turn> {
+        self.kept.take().filter(Turn::is_alive)
     }
 
     /// Resolves once the turn's process is reaped.
     pub fn reaped(&self) -> Reaped {
         self.reaped.clone()
-    }
-
-    /// Keep `permit` (a concurrency slot) until the process is reaped — not merely until it
-    /// answered: a CLI may live on for seconds after its result, and every live one costs memory.
-    pub fn hold_until_reaped(&self, permit: OwnedSemaphorePermit) {
-        release_when_reaped(permit, Some(self.reaped()));
     }
 
     /// Take text from whole assistant messages (one step per text block) instead of deltas.
@@ -350,7 +377,9 @@ impl Driver {
 
     fn finish(&mut self, finished: Finished) -> Step {
         self.done = true;
-        if let Some(turn) = self.turn.take() {
+        if self.keep_alive {
+            self.kept = self.turn.take();
+        } else if let Some(turn) = self.turn.take() {
             // Let the CLI exit on its own (it may still be writing the session), bounded.
             tokio::spawn(async move {
                 let mut turn = turn;
@@ -372,6 +401,40 @@ impl Driver {
     pub fn kill(&mut self) {
         self.turn = None;
         self.done = true;
+    }
+}
+
+/// A concurrency slot held by one CLI process, wherever that process goes (a request, the warm
+/// pool, a live conversation): dropping it hands the slot on only once the process is reaped.
+#[derive(Debug)]
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    reaped: Reaped,
+}
+
+impl Slot {
+    /// `permit`, held for the process behind `reaped`.
+    pub fn new(permit: OwnedSemaphorePermit, reaped: Reaped) -> Self {
+        Self {
+            permit: Some(permit),
+            reaped,
+        }
+    }
+}
+
+impl Slot {
+    /// The permit back, once the process is reaped (to start its replacement in the same slot).
+    pub async fn reclaim(mut self) -> OwnedSemaphorePermit {
+        self.reaped.clone().wait().await;
+        self.permit.take().expect("a slot holds its permit until dropped")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            release_when_reaped(permit, Some(self.reaped.clone()));
+        }
     }
 }
 

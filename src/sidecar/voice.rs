@@ -5,6 +5,8 @@
 //! turn produced its first text or failed, so an upstream error before any content is an honest
 //! 5xx, not a 200 with an error inside; after the first chunk, errors arrive as an `error` data
 //! event and the stream ends. Dropping the response (client gone) kills the CLI's process group.
+//! Processes come warm when they can ([`super::warm`]): chat takes a single-use process started
+//! ahead of time, a conversation keeps its process between turns.
 
 // Early returns of ready-made responses are the point of these helpers; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -18,7 +20,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -27,12 +28,13 @@ use super::{
     SidecarState,
     openai::{self, ChatRequest, CompletionId},
     turns::{
-        Driver, Finished, Limiter, Refusal, Step, TurnFailure, Workdir, keepalive_timer, next_streamed,
-        release_when_reaped, sse_response,
+        Driver, Finished, Limiter, Refusal, Slot, Step, TurnFailure, Workdir, keepalive_timer, next_streamed,
+        sse_response,
     },
+    warm::{LiveSessions, PoolSettings, Warm, WarmPool},
 };
 use crate::{
-    adapters::claude::{AgentCli, AgentSpec, SessionMode, TurnRequest},
+    adapters::claude::{AgentCli, AgentSpec, Turn, TurnRequest},
     config::VoiceArgs,
     metrics::Metrics,
 };
@@ -44,26 +46,28 @@ const MAX_KNOWN_SESSIONS: usize = 10_000;
 /// The voice gateway's shared state.
 #[derive(Debug)]
 pub struct Gateway {
-    cli: Arc<dyn AgentCli>,
-    agent: Arc<AgentSpec>,
-    models: Vec<String>,
-    default_model: String,
-    limiter: Limiter,
-    turn_timeout: Duration,
-    max_budget_usd: Option<f64>,
-    chat_dir: PathBuf,
-    conversation_dir: PathBuf,
-    sessions: std::sync::Mutex<Sessions>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-    keepalive: Duration,
+    pub(super) cli: Arc<dyn AgentCli>,
+    pub(super) agent: Arc<AgentSpec>,
+    pub(super) models: Vec<String>,
+    pub(super) default_model: String,
+    pub(super) limiter: Arc<Limiter>,
+    pub(super) pool: Arc<WarmPool>,
+    pub(super) live: Arc<LiveSessions>,
+    pub(super) turn_timeout: Duration,
+    pub(super) max_budget_usd: Option<f64>,
+    pub(super) chat_dir: PathBuf,
+    pub(super) conversation_dir: PathBuf,
+    pub(super) sessions: std::sync::Mutex<Sessions>,
+    pub(super) metrics: Metrics,
+    pub(super) shutdown: CancellationToken,
+    pub(super) keepalive: Duration,
 }
 
 #[derive(Debug, Default)]
-struct Sessions {
-    known: HashSet<uuid::Uuid>,
-    order: std::collections::VecDeque<uuid::Uuid>,
-    busy: HashSet<uuid::Uuid>,
+pub(super) struct Sessions {
+    pub(super) known: HashSet<uuid::Uuid>,
+    pub(super) order: std::collections::VecDeque<uuid::Uuid>,
+    pub(super) busy: HashSet<uuid::Uuid>,
 }
 
 impl Gateway {
@@ -76,9 +80,28 @@ impl Gateway {
         shutdown: CancellationToken,
         keepalive: Duration,
     ) -> Self {
+        let agent = Arc::new(agent);
+        let limiter = Arc::new(Limiter::new(
+            args.max_concurrent_turns as usize,
+            args.max_queued_turns as usize,
+            Duration::from_secs(args.queue_wait_secs),
+        ));
+        let chat_dir = args.state_dir.join("chat");
+        let pool = WarmPool::new(
+            cli.clone(),
+            agent.clone(),
+            limiter.clone(),
+            PoolSettings {
+                per_model: args.chat_pool_size as usize,
+                window: Duration::from_secs(args.chat_pool_window_secs),
+                chat_dir: chat_dir.clone(),
+                max_budget_usd: args.chat_max_budget_usd,
+            },
+            &args.default_model,
+        );
         Self {
             cli,
-            agent: Arc::new(agent),
+            agent,
             models: args
                 .models
                 .iter()
@@ -86,14 +109,15 @@ impl Gateway {
                 .cloned()
                 .collect(),
             default_model: args.default_model.clone(),
-            limiter: Limiter::new(
-                args.max_concurrent_turns as usize,
-                args.max_queued_turns as usize,
-                Duration::from_secs(args.queue_wait_secs),
-            ),
+            limiter,
+            pool: Arc::new(pool),
+            live: Arc::new(LiveSessions::new(
+                args.live_sessions as usize,
+                Duration::from_secs(args.live_session_idle_secs),
+            )),
             turn_timeout: Duration::from_secs(args.turn_timeout_secs),
             max_budget_usd: args.chat_max_budget_usd,
-            chat_dir: args.state_dir.join("chat"),
+            chat_dir,
             // One stable, empty directory: the CLI keys stored sessions by working directory.
             conversation_dir: args.state_dir.join("conversations"),
             sessions: std::sync::Mutex::new(Sessions::default()),
@@ -103,7 +127,7 @@ impl Gateway {
         }
     }
 
-    fn remember(&self, id: uuid::Uuid) {
+    pub(super) fn remember(&self, id: uuid::Uuid) {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         if sessions.known.insert(id) {
             sessions.order.push_back(id);
@@ -115,16 +139,46 @@ impl Gateway {
         }
     }
 
-    async fn start(&self, request: &TurnRequest) -> Result<Driver, TurnFailure> {
-        let turn = self.cli.start(request).await.map_err(|err| {
+    /// Keep warm processes until shutdown (the pool and kept conversations). Called by the
+    /// server that serves the voice routes, so a process without them starts nothing.
+    pub fn start_background(&self) {
+        tokio::spawn(self.pool.clone().run(self.shutdown.clone()));
+        tokio::spawn(self.live.clone().run(self.shutdown.clone()));
+    }
+
+    /// A concurrency slot. When every slot is taken, an idle warm process gives its slot up
+    /// first (the pool's longest-waiting one, else the longest-idle conversation).
+    pub(super) async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        if let Some(permit) = self.limiter.try_admit() {
+            return Ok(permit);
+        }
+        if !self.pool.evict_one() {
+            self.live.evict_lru();
+        }
+        self.limiter.admit().await
+    }
+
+    /// Start a process waiting for messages (after admission).
+    pub(super) async fn spawn(&self, request: &TurnRequest) -> Result<Turn, TurnFailure> {
+        self.cli.start_waiting(request).await.map_err(|err| {
             tracing::error!(error = %err, "cannot start the claude CLI");
             TurnFailure::from_start(&err)
-        })?;
-        Ok(Driver::new(
-            turn,
-            Instant::now() + self.turn_timeout,
-            self.shutdown.clone(),
-        ))
+        })
+    }
+
+    /// Drive `turn` under the per-turn deadline and the shutdown signal.
+    pub(super) fn drive(&self, turn: Turn) -> Driver {
+        Driver::new(turn, Instant::now() + self.turn_timeout, self.shutdown.clone())
+    }
+
+    /// Processes waiting in the chat pool now.
+    pub fn warm_processes(&self) -> usize {
+        self.pool.ready()
+    }
+
+    /// Conversations whose process is kept now.
+    pub fn live_sessions(&self) -> usize {
+        self.live.count()
     }
 
     /// Requests waiting for a turn slot now.
@@ -139,7 +193,7 @@ impl Gateway {
         sessions.order.clear();
     }
 
-    fn record_failure(&self, failure: &TurnFailure) {
+    pub(super) fn record_failure(&self, failure: &TurnFailure) {
         self.metrics.cli_failure(failure.code());
     }
 }
@@ -154,7 +208,7 @@ fn gateway(state: &SidecarState) -> Result<&Arc<Gateway>, Response> {
     })
 }
 
-fn invalid(message: &str, param: Option<&str>) -> Response {
+pub(super) fn invalid(message: &str, param: Option<&str>) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(openai::error_body(
@@ -167,7 +221,7 @@ fn invalid(message: &str, param: Option<&str>) -> Response {
         .into_response()
 }
 
-fn failure_response(failure: &TurnFailure) -> Response {
+pub(super) fn failure_response(failure: &TurnFailure) -> Response {
     let mut response = (
         failure.status(),
         Json(openai::error_body(
@@ -186,7 +240,7 @@ fn failure_response(failure: &TurnFailure) -> Response {
     response
 }
 
-fn refusal_response(refusal: Refusal) -> Response {
+pub(super) fn refusal_response(refusal: Refusal) -> Response {
     let (status, message, code) = match refusal {
         Refusal::QueueFull => (
             StatusCode::TOO_MANY_REQUESTS,
@@ -224,7 +278,7 @@ pub async fn models(State(state): State<SidecarState>) -> Response {
 }
 
 /// What the first step of a turn was.
-enum Opening {
+pub(super) enum Opening {
     /// Text arrived: stream or collect the rest.
     Text(String),
     /// Finished without any text.
@@ -232,7 +286,7 @@ enum Opening {
 }
 
 /// Read steps until the first text (or the end). Tool steps cannot happen (no tools).
-async fn open(driver: &mut Driver) -> Result<Opening, TurnFailure> {
+pub(super) async fn open(driver: &mut Driver) -> Result<Opening, TurnFailure> {
     loop {
         match driver.next().await {
             Step::Started { .. } | Step::Tool { .. } => continue,
@@ -244,7 +298,10 @@ async fn open(driver: &mut Driver) -> Result<Opening, TurnFailure> {
 }
 
 /// Read the rest of a turn into one string.
-async fn collect(driver: &mut Driver, mut text: String) -> Result<(String, Finished), TurnFailure> {
+pub(super) async fn collect(
+    driver: &mut Driver,
+    mut text: String,
+) -> Result<(String, Finished), TurnFailure> {
     loop {
         match driver.next().await {
             Step::Started { .. } | Step::Tool { .. } => continue,
@@ -282,7 +339,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Result<Bytes, BytesRejectio
 
 /// The gateway (503 when absent) and the parsed body (400/413 in OpenAI's shape): what every
 /// `/v1` POST needs first.
-fn gateway_and_body<T: serde::de::DeserializeOwned>(
+pub(super) fn gateway_and_body<T: serde::de::DeserializeOwned>(
     state: &SidecarState,
     body: &Result<Bytes, BytesRejection>,
 ) -> Result<(Arc<Gateway>, T), Response> {
@@ -291,10 +348,10 @@ fn gateway_and_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Guard counting an open stream.
-struct ActiveStream(Metrics);
+pub(super) struct ActiveStream(Metrics);
 
 impl ActiveStream {
-    fn new(metrics: &Metrics) -> Self {
+    pub(super) fn new(metrics: &Metrics) -> Self {
         metrics.active_streams.inc();
         Self(metrics.clone())
     }
@@ -304,6 +361,66 @@ impl Drop for ActiveStream {
     fn drop(&mut self) {
         self.0.active_streams.dec();
     }
+}
+
+/// A chat turn opened (first text, or the end) on a single-use process: a warm one from the
+/// pool when one matches, else one spawned now. A warm process found dead before it said
+/// anything (it died while waiting) is replaced by a fresh one, once, without the client noticing.
+async fn chat_turn(gw: &Gateway, model: &str, prompt: &str) -> Result<(Driver, Opening, Workdir), Response> {
+    let mut warm = gw.pool.take(model);
+    loop {
+        let from_pool = warm.is_some();
+        let Warm {
+            mut turn,
+            slot,
+            workdir,
+        } = match warm.take() {
+            Some(warm) => warm,
+            None => cold_chat_process(gw, model).await?,
+        };
+        // A write to a process that is gone fails; its events then say why.
+        if let Err(err) = turn.send(prompt).await {
+            tracing::debug!(error = %err, "the chat process did not take the message");
+        }
+        // Single use: the CLI exits after this turn's result; nothing carries over.
+        turn.end_input();
+        // The slot is handed on once this process is reaped, however the request ends.
+        drop(slot);
+        let mut driver = gw.drive(turn);
+        match open(&mut driver).await {
+            Ok(opening) => {
+                gw.metrics
+                    .voice_turn_start(if from_pool { "warm" } else { "cold" });
+                return Ok((driver, opening, workdir));
+            }
+            Err(TurnFailure::Crashed) if from_pool => {
+                tracing::warn!("a warm claude process was gone; starting a fresh one");
+            }
+            Err(failure) => {
+                gw.record_failure(&failure);
+                return Err(failure_response(&failure));
+            }
+        }
+    }
+}
+
+/// A chat process spawned for this request, after admission.
+async fn cold_chat_process(gw: &Gateway, model: &str) -> Result<Warm, Response> {
+    let permit = gw.admit().await.map_err(refusal_response)?;
+    let workdir = Workdir::new(&gw.chat_dir).map_err(|err| {
+        tracing::error!(error = %err, "cannot create a working directory");
+        failure_response(&TurnFailure::Spawn)
+    })?;
+    let request = gw.pool.request(model, workdir.path().to_path_buf());
+    let turn = gw.spawn(&request).await.map_err(|failure| {
+        gw.record_failure(&failure);
+        failure_response(&failure)
+    })?;
+    Ok(Warm {
+        slot: Slot::new(permit, turn.reaped()),
+        turn,
+        workdir,
+    })
 }
 
 /// `POST /v1/chat/completions`.
@@ -320,41 +437,9 @@ pub async fn chat_completions(
         Ok(plan) => plan,
         Err(err) => return invalid(&err.message, err.param),
     };
-    let permit = match gw.limiter.admit().await {
-        Ok(permit) => permit,
-        Err(refusal) => return refusal_response(refusal),
-    };
-    let workdir = match Workdir::new(&gw.chat_dir) {
-        Ok(dir) => dir,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot create a working directory");
-            return failure_response(&TurnFailure::Spawn);
-        }
-    };
-    let turn = TurnRequest {
-        prompt: plan.prompt.clone(),
-        model: plan.model.clone(),
-        agent: gw.agent.clone(),
-        session: SessionMode::Stateless,
-        cwd: workdir.path().to_path_buf(),
-        max_budget_usd: gw.max_budget_usd,
-        allowed_tools: vec![],
-    };
-    let mut driver = match gw.start(&turn).await {
-        Ok(driver) => driver,
-        Err(failure) => {
-            gw.record_failure(&failure);
-            return failure_response(&failure);
-        }
-    };
-    // The slot is free again only once this CLI is reaped, however the request ends.
-    driver.hold_until_reaped(permit);
-    let opening = match open(&mut driver).await {
-        Ok(opening) => opening,
-        Err(failure) => {
-            gw.record_failure(&failure);
-            return failure_response(&failure);
-        }
+    let (mut driver, opening, workdir) = match chat_turn(&gw, &plan.model, &plan.prompt).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
     };
     gw.metrics
         .time_to_first_token
@@ -446,201 +531,6 @@ pub async fn chat_completions(
             }
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    });
-    sse_response(rx)
-}
-
-/// `POST /v1/conversational` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConversationalRequest {
-    /// The session (a UUID chosen by the client).
-    pub session_id: String,
-    /// The user's words.
-    pub message: String,
-    /// Model id or alias.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Stream text deltas as SSE.
-    #[serde(default)]
-    pub stream: bool,
-}
-
-/// Marks a session busy while a turn runs in it.
-struct Busy {
-    gw: Arc<Gateway>,
-    id: uuid::Uuid,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.gw
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .busy
-            .remove(&self.id);
-    }
-}
-
-/// `POST /v1/conversational`.
-pub async fn conversational(
-    State(state): State<SidecarState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let received = Instant::now();
-    let (gw, request) = match gateway_and_body::<ConversationalRequest>(&state, &body) {
-        Ok(parts) => parts,
-        Err(resp) => return resp,
-    };
-    let Ok(session_id) = uuid::Uuid::parse_str(&request.session_id) else {
-        return invalid("session_id must be a UUID", Some("session_id"));
-    };
-    if request.message.trim().is_empty() {
-        return invalid("message must not be empty", Some("message"));
-    }
-    let model = request.model.clone().unwrap_or_else(|| gw.default_model.clone());
-    if !openai::model_supported(&model, &gw.models) {
-        let message = format!(
-            "the model `{model}` is not served here; supported models: {}",
-            openai::model_ids(&gw.models).join(", ")
-        );
-        return invalid(&message, Some("model"));
-    }
-    let (busy, known) = {
-        let mut sessions = gw.sessions.lock().expect("sessions lock");
-        if !sessions.busy.insert(session_id) {
-            drop(sessions);
-            return super::error(
-                StatusCode::CONFLICT,
-                "a turn is already running in this session",
-                "session_busy",
-            );
-        }
-        (
-            Busy {
-                gw: gw.clone(),
-                id: session_id,
-            },
-            sessions.known.contains(&session_id),
-        )
-    };
-    let permit = match gw.limiter.admit().await {
-        Ok(permit) => permit,
-        Err(refusal) => return refusal_response(refusal),
-    };
-    let mut mode = if known {
-        SessionMode::Resume(session_id)
-    } else {
-        SessionMode::Open(session_id)
-    };
-    let mut retried = false;
-    let (mut driver, opening) = loop {
-        let turn = TurnRequest {
-            prompt: request.message.clone(),
-            model: model.clone(),
-            agent: gw.agent.clone(),
-            session: mode.clone(),
-            cwd: gw.conversation_dir.clone(),
-            max_budget_usd: gw.max_budget_usd,
-            allowed_tools: vec![],
-        };
-        let (attempt, reaped) = match gw.start(&turn).await {
-            Ok(mut driver) => {
-                let reaped = driver.reaped();
-                (
-                    open(&mut driver).await.map(|opening| (driver, opening)),
-                    Some(reaped),
-                )
-            }
-            Err(failure) => (Err(failure), None),
-        };
-        match attempt {
-            Ok(opened) => break opened,
-            // The CLI lost the session (or we forgot we had it): once, the other way round —
-            // after the failed attempt's process is gone, so one slot never holds two.
-            Err(TurnFailure::UnknownSession) if !retried => {
-                tracing::info!(session = %session_id, "CLI no longer knows the session; starting it anew");
-                mode = SessionMode::Open(session_id);
-            }
-            Err(TurnFailure::SessionInUse) if !retried => mode = SessionMode::Resume(session_id),
-            Err(failure) => {
-                gw.record_failure(&failure);
-                release_when_reaped(permit, reaped);
-                return failure_response(&failure);
-            }
-        }
-        if let Some(reaped) = reaped {
-            reaped.wait().await;
-        }
-        retried = true;
-    };
-    driver.hold_until_reaped(permit);
-    gw.remember(session_id);
-    gw.metrics
-        .time_to_first_token
-        .observe(received.elapsed().as_secs_f64());
-    let (first, ended) = match opening {
-        Opening::Text(text) => (text, false),
-        Opening::Empty(_) => (String::new(), true),
-    };
-    if !request.stream {
-        let result = if ended {
-            Ok((first, Finished::default()))
-        } else {
-            collect(&mut driver, first).await
-        };
-        drop(busy);
-        return match result {
-            Ok((reply, _)) => Json(json!({"session_id": session_id, "reply": reply})).into_response(),
-            Err(failure) => {
-                gw.record_failure(&failure);
-                failure_response(&failure)
-            }
-        };
-    }
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let _active = ActiveStream::new(&gw.metrics);
-        let _busy = busy;
-        let frame = |event: &str, data: Value| Bytes::from(format!("event: {event}\ndata: {data}\n\n"));
-        let mut reply = first.clone();
-        if ended {
-            let _ = tx
-                .send(frame("done", json!({"session_id": session_id, "reply": reply})))
-                .await;
-            return;
-        }
-        if tx.send(frame("delta", json!({"text": first}))).await.is_err() {
-            return;
-        }
-        let mut keepalive = keepalive_timer(gw.keepalive);
-        loop {
-            let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
-                return;
-            };
-            match step {
-                Step::Started { .. } | Step::Tool { .. } => {}
-                Step::Text(text) => {
-                    reply.push_str(&text);
-                    if tx.send(frame("delta", json!({"text": text}))).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Finished(_) => {
-                    let _ = tx
-                        .send(frame("done", json!({"session_id": session_id, "reply": reply})))
-                        .await;
-                    return;
-                }
-                Step::Failed(failure) => {
-                    gw.record_failure(&failure);
-                    let error = openai::error_body(&failure.message(), failure.kind(), None, failure.code());
-                    let _ = tx.send(frame("error", error)).await;
-                    return;
-                }
-            }
-        }
     });
     sse_response(rx)
 }

@@ -37,6 +37,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Start a sidecar running `program` with the extra CLI environment `env` and extra flags.
     pub async fn start(program: &Path, env: &[(&str, &str)], flags: &[&str]) -> Self {
+        Self::start_with_key(program, None, env, flags).await
+    }
+
+    /// Like [`Sidecar::start`], with the model API key read from `api_key_file` at each spawn.
+    pub async fn start_with_key(
+        program: &Path,
+        api_key_file: Option<&Path>,
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -55,7 +65,11 @@ impl Sidecar {
         argv.extend(flags.iter().map(|s| s.to_string()));
         let args = SidecarArgs::from_argv(argv).unwrap();
         let agents = Agents::load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/agents"))).unwrap();
-        let mut cli = ClaudeCli::new(program.to_path_buf(), state_dir.join("home"), None)
+        let api_key = api_key_file.map(|path| {
+            Box::new(afk_operator::adapters::FileSecret::new(path.to_path_buf()))
+                as Box<dyn afk_operator::adapters::SecretSource>
+        });
+        let mut cli = ClaudeCli::new(program.to_path_buf(), state_dir.join("home"), api_key)
             .with_env("CLAUDE_CODE_FAKE_RECORD", &record.display().to_string());
         for (k, v) in env {
             cli = cli.with_env(k, v);

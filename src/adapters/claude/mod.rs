@@ -6,6 +6,13 @@
 //! the [`Turn`] — a client disconnect, a timeout, shutdown — kills the whole process group at
 //! once and a reaper task waits for the child, so no CLI, and none of its children, outlive the
 //! request. Stdout is parsed line by line by [`stream`]; stderr is kept (capped) for logs only.
+//!
+//! A process can also be started *waiting*: with `--input-format stream-json` it reads one user
+//! message per line and answers each as a turn, printing nothing before the first
+//! (`docs/claude-cli-stream-input.md`, captured from the real CLI). The voice gateway uses that to
+//! keep processes warm ahead of a request and to keep a conversation's process alive between
+//! turns; [`Turn::send`] writes a message, [`Turn::end_input`] closes stdin so the CLI exits after
+//! the turn in progress.
 
 pub mod stream;
 pub mod sweep;
@@ -97,6 +104,13 @@ pub struct TurnRequest {
 }
 
 impl TurnRequest {
+    /// The argv of a process started waiting for messages on stdin.
+    pub fn waiting_args(&self) -> Vec<String> {
+        let mut args = self.args();
+        args.extend(["--input-format".to_string(), "stream-json".to_string()]);
+        args
+    }
+
     /// The CLI's argv (without the program). The prompt is not in it.
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = [
@@ -166,6 +180,8 @@ pub struct Turn {
     events: mpsc::Receiver<TurnItem>,
     group: GroupGuard,
     reaped: Reaped,
+    /// Open only for a process started waiting (stream-json input).
+    stdin: Option<tokio::process::ChildStdin>,
 }
 
 /// Resolves once a turn's process has exited and been reaped and its group killed — the moment
@@ -177,6 +193,11 @@ impl Reaped {
     /// A handle for a process that is already gone (tests, fakes that spawn nothing).
     pub fn already() -> Self {
         Self(watch::channel(true).1)
+    }
+
+    /// Whether the process is gone already.
+    pub fn is_reaped(&self) -> bool {
+        *self.0.borrow()
     }
 
     /// Wait until the process is reaped.
@@ -215,6 +236,38 @@ impl Turn {
     pub fn reaped(&self) -> Reaped {
         self.reaped.clone()
     }
+
+    /// Start a turn on a waiting process: one user message on its stdin. Fails when the
+    /// process was not started waiting, its input was ended, or it is gone (EPIPE).
+    pub async fn send(&mut self, text: &str) -> Result<(), CliError> {
+        let gone = |detail: String| CliError::Crashed {
+            code: None,
+            stderr: detail,
+        };
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| gone("the process does not take messages".into()))?;
+        let line = stream::user_message_line(text);
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| gone(format!("writing the message: {e}")))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| gone(format!("writing the message: {e}")))
+    }
+
+    /// Close stdin: the CLI finishes the turn in progress (if any), then exits on its own.
+    pub fn end_input(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.reaped.is_reaped()
+    }
 }
 
 /// Kills the process group when dropped.
@@ -242,8 +295,17 @@ impl Drop for GroupGuard {
 /// (against a loopback Messages API) or at a fake script with the same stream-json output.
 #[async_trait::async_trait]
 pub trait AgentCli: Send + Sync + std::fmt::Debug {
-    /// Start a turn.
+    /// Start a turn: `request.prompt` on stdin, then end of input.
     async fn start(&self, request: &TurnRequest) -> Result<Turn, CliError>;
+
+    /// Start a process that waits for messages ([`Turn::send`]); `request.prompt` is not used.
+    async fn start_waiting(&self, request: &TurnRequest) -> Result<Turn, CliError>;
+
+    /// Changes whenever something read at spawn outside the request changes (the API key file):
+    /// a process started under another generation must not serve a request.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// The `claude` program and the environment it runs in.
@@ -288,10 +350,10 @@ impl ClaudeCli {
         self
     }
 
-    fn command(&self, request: &TurnRequest) -> Result<Command, CliError> {
+    fn command(&self, args: Vec<String>, request: &TurnRequest) -> Result<Command, CliError> {
         let mut command = Command::new(&self.program);
         command
-            .args(request.args())
+            .args(args)
             .current_dir(&request.cwd)
             .env_clear()
             .envs(&self.passthrough_env)
@@ -320,12 +382,45 @@ impl ClaudeCli {
 #[async_trait::async_trait]
 impl AgentCli for ClaudeCli {
     async fn start(&self, request: &TurnRequest) -> Result<Turn, CliError> {
+        self.spawn(request, Some(request.prompt.clone()))
+    }
+
+    async fn start_waiting(&self, request: &TurnRequest) -> Result<Turn, CliError> {
+        self.spawn(request, None)
+    }
+
+    fn generation(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Some(source) = &self.api_key else {
+            return 0;
+        };
+        // Only ever compared in memory; an unreadable key is its own generation (and its spawn
+        // fails with the reason).
+        match source.read() {
+            Ok(key) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.expose().trim().hash(&mut hasher);
+                hasher.finish() | 1
+            }
+            Err(_) => u64::MAX - 1,
+        }
+    }
+}
+
+impl ClaudeCli {
+    /// Spawn the CLI: with `prompt`, written to stdin and then closed; without, stdin stays
+    /// open for stream-json messages.
+    fn spawn(&self, request: &TurnRequest, prompt: Option<String>) -> Result<Turn, CliError> {
         ensure_dir(&request.cwd)?;
         ensure_dir(&self.home)?;
+        let args = match prompt {
+            Some(_) => request.args(),
+            None => request.waiting_args(),
+        };
         // Marks the CLI and, by inheritance, its descendants (found again by the sweep).
         let turn_id = uuid::Uuid::new_v4().to_string();
         let mut child = self
-            .command(request)?
+            .command(args, request)?
             .env(sweep::TURN_ENV, &turn_id)
             .spawn()
             .map_err(|e| CliError::Spawn(format!("{}: {e}", self.program.display())))?;
@@ -333,17 +428,19 @@ impl AgentCli for ClaudeCli {
         let group = GroupGuard { pgid };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let (reaped_tx, reaped_rx) = watch::channel(false);
-        let stdin = child.stdin.take();
+        let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let prompt = request.prompt.clone();
-        tokio::spawn(async move {
-            if let Some(mut stdin) = stdin {
-                // A CLI that dies before reading stdin is reported by its exit, not here.
-                let _ = stdin.write_all(prompt.as_bytes()).await;
-                let _ = stdin.shutdown().await;
-            }
-        });
+        if let Some(prompt) = prompt {
+            let stdin = stdin.take();
+            tokio::spawn(async move {
+                if let Some(mut stdin) = stdin {
+                    // A CLI that dies before reading stdin is reported by its exit, not here.
+                    let _ = stdin.write_all(prompt.as_bytes()).await;
+                    let _ = stdin.shutdown().await;
+                }
+            });
+        }
         let stderr_task = tokio::spawn(async move {
             let mut kept = Vec::new();
             if let Some(mut stderr) = stderr {
@@ -366,6 +463,7 @@ impl AgentCli for ClaudeCli {
             events: rx,
             group,
             reaped: Reaped(reaped_rx),
+            stdin,
         })
     }
 }

@@ -151,6 +151,18 @@ pub enum CliEvent {
     Result(Box<TurnResult>),
 }
 
+/// One user message as a line of stream-json input (`--input-format stream-json`), the shape the
+/// real CLI accepts (`tests/fixtures/claude-cli/stream-json-input/`): anything else ends it.
+pub fn user_message_line(text: &str) -> String {
+    let mut line = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": text},
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
 /// Parse one line of stream-json; `None` for noise, unknown types and malformed lines.
 pub fn parse_line(line: &str) -> Option<CliEvent> {
     let value: Value = serde_json::from_str(line.trim()).ok()?;
