@@ -1,13 +1,20 @@
-//! Benchmark of the voice gateway's added latency (not a test; nothing is asserted). Run with
+//! Benchmark of the voice gateway's latency (not a test; nothing is asserted). Run with
 //! `cargo bench --bench voice_gateway` (optionally `-- --sequential 200 --concurrent 50
-//! --first-token-ms 40 --chunks 20`).
+//! --first-token-ms 40 --chunks 20`), or against the real CLI with
+//! `cargo bench --bench voice_gateway -- --real-cli [--runs 30]`.
 //!
-//! The same fake CLI (this binary re-executed with `CLAUDE_CODE_BENCH_FAKE=1`: it reads the
-//! prompt, waits a fixed time, then prints stream-json text deltas) is timed two ways: spawned
-//! directly (spawn → first text delta line → result line) and through the real `afk-operator
-//! sidecar` process over HTTP (request → first content chunk → `[DONE]`). The difference is what
-//! the sidecar adds. Then 50 streams at once check that no text is lost or garbled. RSS is read
-//! from the sidecar process's `/proc/<pid>/status`.
+//! Fake mode: the same fake CLI (this binary re-executed with `CLAUDE_CODE_BENCH_FAKE=1`: it
+//! reads the prompt, answers its first token `--first-token-ms` after it started, then prints
+//! stream-json text deltas) is timed spawned directly (spawn → first text delta line → result
+//! line) and through the real `afk-operator sidecar` process over HTTP without its warm pool
+//! (request → first content chunk → `[DONE]`): the difference is what the sidecar adds. Then
+//! `--concurrent` streams at once, direct and through the sidecar, check that no text is lost or
+//! garbled and where a burst's time goes. RSS is read from `/proc/<pid>/status`.
+//!
+//! Real-CLI mode: the real `claude` (`.tools/claude`, or `--claude-bin`) against the project's
+//! fake Messages API, answering at once: a cold direct spawn (the sidecar's own argv, prompt on
+//! stdin) against the sidecar with its warm pool and without it, one request a second (a voice
+//! conversation has gaps; the pool refills in them).
 
 use std::{
     io::{BufRead, Read, Write},
@@ -40,6 +47,13 @@ fn fake_cli() {
     let started = Instant::now();
     let mut prompt = String::new();
     let _ = std::io::stdin().read_to_string(&mut prompt);
+    // With `--input-format stream-json` (the sidecar's processes) the prompt is one user message.
+    if let Ok(message) = serde_json::from_str::<serde_json::Value>(prompt.trim()) {
+        prompt = message["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
     let mut out = std::io::stdout().lock();
     let sid = "00000000-0000-4000-8000-000000000000";
     let _ = writeln!(
@@ -174,10 +188,134 @@ async fn sidecar_run(client: &reqwest::Client, url: &str, tag: &str) -> Streamed
     }
 }
 
+struct Sidecar {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    fn start(claude_bin: &str, flags: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "bench-token").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_afk-operator"))
+            .args([
+                "sidecar",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--claude-bin",
+                claude_bin,
+            ])
+            .args(flags)
+            .arg("--api-token-file")
+            .arg(dir.path().join("token"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--agents-dir")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/agents"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("AFK_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sidecar = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        sidecar
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/chat/completions", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Summed RSS (KiB) of the sidecar's child processes (its warm CLIs) and their descendants.
+    fn children_rss_kib(&self) -> u64 {
+        descendants(self.pid() as i32)
+            .into_iter()
+            .map(|pid| rss_kib(pid as u32, "VmRSS:"))
+            .sum()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn descendants(root: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn row(label: &str, values: &[f64]) {
+    let values = sorted(values.to_vec());
+    println!(
+        "  {label:<34} {:>8.2}  {:>8.2}",
+        percentile(&values, 0.5),
+        percentile(&values, 0.95)
+    );
+}
+
+/// Wait until the sidecar's warm pool holds a process that has finished starting (its CLI has
+/// been up for `settle`), so a pooled request is measured, not a race with the refill.
+fn wait_warm(sidecar: &Sidecar, settle: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while descendants(sidecar.pid() as i32).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(settle);
+}
+
 fn main() {
     if std::env::var("CLAUDE_CODE_BENCH_FAKE").as_deref() == Ok("1") {
         return fake_cli();
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if std::env::args().any(|a| a == "--real-cli") {
+        return real_cli_mode(&runtime);
+    }
+    fake_mode(&runtime);
+}
+
+fn fake_mode(runtime: &tokio::runtime::Runtime) {
     let sequential = arg("--sequential", 200) as usize;
     let concurrent = arg("--concurrent", 50) as usize;
     let first_ms = arg("--first-token-ms", 40);
@@ -188,63 +326,31 @@ fn main() {
         ("CLAUDE_CODE_BENCH_FIRST_MS", first_ms.to_string()),
         ("CLAUDE_CODE_BENCH_CHUNKS", chunks.to_string()),
     ];
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "bench-token").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut sidecar = Command::new(env!("CARGO_BIN_EXE_afk-operator"))
-        .args([
-            "sidecar",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--claude-bin",
-            &exe,
-        ])
-        .args([
+    let cap = concurrent.max(1).to_string();
+    let sidecar = Sidecar::start(
+        &exe,
+        &[
             "--max-concurrent-turns",
-            &concurrent.max(1).to_string(),
+            &cap,
             "--max-queued-turns",
             "64",
-        ])
-        .arg("--api-token-file")
-        .arg(dir.path().join("token"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--agents-dir")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/agents"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("AFK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = sidecar.id();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+            "--chat-pool-size",
+            "0",
+        ],
+        &env,
+    );
+    let pid = sidecar.pid();
+    let url = sidecar.url();
     let client = reqwest::Client::new();
-    runtime.block_on(async {
-        for _ in 0..200 {
-            if client
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
     std::thread::sleep(Duration::from_millis(300));
     let idle_rss = rss_kib(pid, "VmRSS:");
-    println!("voice gateway benchmark: fake CLI first token at {first_ms} ms, {chunks} chunks 1 ms apart");
-    println!("sidecar idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "voice gateway benchmark: fake CLI first token {first_ms} ms after it starts, {chunks} chunks 1 ms apart"
+    );
+    println!(
+        "sidecar idle RSS (no warm CLIs): {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
 
     // Sequential, interleaved so both paths see the same machine state.
     let (mut d_first, mut d_total, mut d_span) = (Vec::new(), Vec::new(), Vec::new());
@@ -265,39 +371,31 @@ fn main() {
     let (d_first, d_total, s_first, s_total) =
         (sorted(d_first), sorted(d_total), sorted(s_first), sorted(s_total));
     let (d_span, s_span) = (sorted(d_span), sorted(s_span));
-    println!("\nsequential ({sequential} runs each)           p50 ms    p95 ms");
+    println!("\nsequential, no warm pool ({sequential} runs each)   p50 ms    p95 ms");
+    row("direct  time to first text", &d_first);
+    row("sidecar time to first content", &s_first);
     println!(
-        "  direct  time to first text      {:>8.2}  {:>8.2}",
-        percentile(&d_first, 0.5),
-        percentile(&d_first, 0.95)
-    );
-    println!(
-        "  sidecar time to first content   {:>8.2}  {:>8.2}",
-        percentile(&s_first, 0.5),
-        percentile(&s_first, 0.95)
-    );
-    println!(
-        "  added to first content          {:>8.2}  {:>8.2}",
+        "  {:<34} {:>8.2}  {:>8.2}",
+        "added to first content",
         percentile(&s_first, 0.5) - percentile(&d_first, 0.5),
         percentile(&s_first, 0.95) - percentile(&d_first, 0.95)
     );
+    row("direct  total", &d_total);
+    row("sidecar total ([DONE])", &s_total);
     println!(
-        "  direct  total                   {:>8.2}  {:>8.2}",
-        percentile(&d_total, 0.5),
-        percentile(&d_total, 0.95)
-    );
-    println!(
-        "  sidecar total ([DONE])          {:>8.2}  {:>8.2}",
-        percentile(&s_total, 0.5),
-        percentile(&s_total, 0.95)
-    );
-    println!(
-        "  added per chunk (first→last)    {:>8.3}  {:>8.3}",
+        "  {:<34} {:>8.3}  {:>8.3}",
+        "added per chunk (first→last)",
         (percentile(&s_span, 0.5) - percentile(&d_span, 0.5)) / (chunks.max(2) - 1) as f64,
         (percentile(&s_span, 0.95) - percentile(&d_span, 0.95)) / (chunks.max(2) - 1) as f64
     );
 
-    // Concurrent: every stream must carry exactly its own text.
+    // A burst: the same number of direct spawns at once (the floor), then through the sidecar.
+    let direct_burst: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..concurrent)
+            .map(|_| scope.spawn(|| direct_run(&exe, &env).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let started = Instant::now();
     let results = runtime.block_on(async {
         let futures = (0..concurrent).map(|i| {
@@ -317,18 +415,170 @@ fn main() {
         }
         firsts.push(r.first);
     }
-    let firsts = sorted(firsts);
     let peak_rss = rss_kib(pid, "VmHWM:");
     println!(
-        "\n{concurrent} concurrent streams: {bad} lost or garbled, wall {:.0} ms",
+        "\n{concurrent} concurrent streams: {bad} lost or garbled, wall {:.0} ms     p50 ms    p95 ms",
         wall.as_secs_f64() * 1000.0
     );
-    println!(
-        "  time to first content           {:>8.2}  {:>8.2}  (p50 / p95 ms; includes {concurrent} CLI spawns on 2 cores)",
-        percentile(&firsts, 0.5),
-        percentile(&firsts, 0.95)
-    );
+    row("direct  time to first text", &direct_burst);
+    row("sidecar time to first content", &firsts);
     println!("sidecar peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
+}
+
+fn real_cli_mode(runtime: &tokio::runtime::Runtime) {
+    use afk_operator::{
+        adapters::claude::{AgentSpec, SessionMode, TurnRequest},
+        agents::Agents,
+    };
+    use afk_testkit::anthropic::{FakeAnthropic, Reply};
+
+    let runs = arg("--runs", 30) as usize;
+    let gap = Duration::from_millis(arg("--gap-ms", 1000));
+    let claude = std::env::args()
+        .skip_while(|a| a != "--claude-bin")
+        .nth(1)
+        .unwrap_or_else(|| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/.tools/claude/node_modules/.bin/claude"
+            )
+            .to_string()
+        });
+    if !std::path::Path::new(&claude).exists() {
+        eprintln!("the real claude CLI is not at {claude} (.ci/run installs it; or pass --claude-bin)");
+        std::process::exit(2);
+    }
+    let api_key = "sk-ant-bench";
+    let chunks: Vec<String> = (0..20).map(|i| format!("word{i} ")).collect();
+    let chunk_refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    let fake = runtime.block_on(FakeAnthropic::start(api_key, Reply::text(&chunk_refs)));
+    let base = fake.served.url();
+    let env = vec![
+        ("ANTHROPIC_BASE_URL", base.clone()),
+        ("ANTHROPIC_API_KEY", api_key.to_string()),
+        ("CLAUDE_CODE_MAX_RETRIES", "0".to_string()),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let agents = Agents::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/agents"
+    )))
+    .unwrap();
+    let request = TurnRequest {
+        prompt: String::new(),
+        model: "sonnet".into(),
+        agent: std::sync::Arc::new(AgentSpec::from_agent(agents.get("conversational").unwrap())),
+        session: SessionMode::Stateless,
+        cwd: work.path().to_path_buf(),
+        max_budget_usd: None,
+        allowed_tools: vec![],
+    };
+    let argv = request.args();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut direct_env = env.clone();
+    direct_env.extend([
+        ("HOME", home.display().to_string()),
+        ("DISABLE_TELEMETRY", "1".to_string()),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+        ("DISABLE_ERROR_REPORTING", "1".to_string()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+    ]);
+    let direct = |prompt: &str| -> (f64, f64, f64) {
+        let start = Instant::now();
+        let mut child = Command::new(&claude)
+            .args(&argv)
+            .current_dir(work.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(direct_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(prompt.as_bytes()).unwrap();
+        let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (mut first, mut last, mut total) = (None, 0.0, 0.0);
+        for line in reader.lines() {
+            let line = line.unwrap();
+            let t = start.elapsed().as_secs_f64() * 1000.0;
+            if line.contains("text_delta") {
+                first.get_or_insert(t);
+                last = t;
+            }
+            if line.starts_with("{\"type\":\"result\"") || line.contains("\"type\":\"result\"") {
+                total = t;
+            }
+        }
+        let _ = child.wait();
+        let first = first.unwrap_or(f64::NAN);
+        (first, total, last - first)
+    };
+    let client = reqwest::Client::new();
+    let pooled = Sidecar::start(&claude, &["--max-concurrent-turns", "4"], &env);
+    let cold = Sidecar::start(
+        &claude,
+        &["--max-concurrent-turns", "4", "--chat-pool-size", "0"],
+        &env,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = rss_kib(cold.pid(), "VmRSS:");
+    wait_warm(&pooled, Duration::from_secs(2));
+    let pool_rss = pooled.children_rss_kib();
+    println!(
+        "voice gateway with the real claude CLI against the fake Messages API (instant answers, 20 chunks)"
+    );
+    println!(
+        "{runs} requests per path, one every {} ms, interleaved\n",
+        gap.as_millis()
+    );
+    let (mut d, mut p, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs + 2 {
+        let direct_run = direct(&format!("direct {i}"));
+        std::thread::sleep(gap);
+        let pooled_run = runtime.block_on(sidecar_run(&client, &pooled.url(), &format!("pooled {i}")));
+        std::thread::sleep(gap);
+        let cold_run = runtime.block_on(sidecar_run(&client, &cold.url(), &format!("cold {i}")));
+        std::thread::sleep(gap);
+        if i < 2 {
+            continue; // warm-up (file caches)
+        }
+        d.push(direct_run);
+        p.push(pooled_run);
+        c.push(cold_run);
+    }
+    let firsts = |v: &[(f64, f64, f64)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
+    let streamed_firsts = |v: &[Streamed]| v.iter().map(|r| r.first).collect::<Vec<_>>();
+    println!("  {:<34} {:>8}  {:>8}", "", "p50 ms", "p95 ms");
+    row("cold direct spawn: first text", &firsts(&d));
+    row("sidecar, warm pool: first content", &streamed_firsts(&p));
+    row("sidecar, no pool: first content", &streamed_firsts(&c));
+    let d_first = sorted(firsts(&d));
+    let p_first = sorted(streamed_firsts(&p));
+    let c_first = sorted(streamed_firsts(&c));
+    println!(
+        "  {:<34} {:>8.2}  {:>8.2}",
+        "warm pool vs cold direct",
+        percentile(&p_first, 0.5) - percentile(&d_first, 0.5),
+        percentile(&p_first, 0.95) - percentile(&d_first, 0.95)
+    );
+    println!(
+        "  {:<34} {:>8.2}  {:>8.2}",
+        "no pool vs cold direct (added)",
+        percentile(&c_first, 0.5) - percentile(&d_first, 0.5),
+        percentile(&c_first, 0.95) - percentile(&d_first, 0.95)
+    );
+    let span = |v: Vec<f64>| percentile(&sorted(v), 0.5) / 19.0;
+    println!(
+        "  {:<34} {:>8.3}  (direct {:.3}) ms per chunk, p50",
+        "sidecar per chunk (first→last)",
+        span(p.iter().map(|r| r.span).collect()),
+        span(d.iter().map(|r| r.2).collect())
+    );
+    println!(
+        "\nsidecar idle RSS (no warm CLIs): {:.1} MiB; one warm CLI: {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        pool_rss as f64 / 1024.0
+    );
 }

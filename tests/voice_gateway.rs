@@ -342,6 +342,8 @@ async fn disconnect_before_the_first_token_kills_the_cli_too() {
         &[],
     )
     .await;
+    // The warm process is up: the client's patience measures the turn, not Python's start-up.
+    sc.wait_started(1).await;
     let request = sc
         .post("/v1/chat/completions", chat("hi", true, false))
         .timeout(Duration::from_millis(800));
@@ -361,6 +363,7 @@ async fn a_turn_past_its_deadline_is_a_504_and_is_killed() {
         &["--turn-timeout-secs", "1"],
     )
     .await;
+    sc.wait_started(1).await;
     let resp = sc
         .post("/v1/chat/completions", chat("hi", true, false))
         .send()

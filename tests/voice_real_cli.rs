@@ -150,7 +150,8 @@ async fn conversational_resume_sends_the_earlier_turns() {
         Reply::text(&["Nice to ", "meet you, Ada."]),
         Reply::text(&["Your name is Ada."]),
     ]);
-    let Some(sc) = start(&fake, &[], "0").await else {
+    // No kept processes: every turn is a fresh CLI, turn two by `--resume`.
+    let Some(sc) = start(&fake, &["--live-sessions", "0"], "0").await else {
         return;
     };
     let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -176,6 +177,165 @@ async fn conversational_resume_sends_the_earlier_turns() {
     );
     assert!(second.contains("Nice to meet you, Ada."));
     assert!(second.contains("What is my name?"));
+}
+
+async fn turn_starts(sc: &Sidecar, kind: &str) -> u64 {
+    let metrics = sc.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let needle = format!("afk_voice_turn_starts_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_live_conversation_answers_turn_two_from_the_same_process_with_turn_one_in_context() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["fallback"])).await;
+    fake.script([Reply::text(&["Hi ", "Grace."]), Reply::text(&["You are Grace."])]);
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let id = "5d3c1b2a-0f4e-4d6c-8b7a-9e8f7a6b5c4d";
+    let one: Value = sc
+        .post_json(
+            "/v1/conversational",
+            json!({"session_id": id, "message": "I am Grace."}),
+        )
+        .await;
+    assert_eq!(one["reply"], "Hi Grace.");
+    let two: Value = sc
+        .post_json(
+            "/v1/conversational",
+            json!({"session_id": id, "message": "Who am I?"}),
+        )
+        .await;
+    assert_eq!(two["reply"], "You are Grace.");
+    assert_eq!(turn_starts(&sc, "cold").await, 1, "one process for the session");
+    assert_eq!(
+        turn_starts(&sc, "live").await,
+        1,
+        "turn two went to the live process"
+    );
+    let requests = fake.message_requests();
+    let second = serde_json::to_string(&requests.last().unwrap()["messages"]).unwrap();
+    assert!(
+        second.contains("I am Grace.") && second.contains("Hi Grace."),
+        "{second}"
+    );
+    assert!(second.contains("Who am I?"));
+}
+
+#[tokio::test]
+async fn warm_chat_processes_of_the_real_cli_serve_one_request_each() {
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["fallback"])).await;
+    fake.script([Reply::text(&["first answer"]), Reply::text(&["second answer"])]);
+    let Some(sc) = start(&fake, &[], "0").await else {
+        return;
+    };
+    let voice = sc.state.voice.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while voice.warm_processes() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no warm process");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (question, answer) in [
+        ("alpha question", "first answer"),
+        ("beta question", "second answer"),
+    ] {
+        let completion: Value = sc
+            .post_json(
+                "/v1/chat/completions",
+                json!({"model": "sonnet", "messages": [{"role": "user", "content": question}]}),
+            )
+            .await;
+        assert_eq!(
+            completion["choices"][0]["message"]["content"], answer,
+            "{completion}"
+        );
+    }
+    assert!(
+        turn_starts(&sc, "warm").await >= 1,
+        "served by a process started ahead"
+    );
+    let requests = fake.message_requests();
+    let last = serde_json::to_string(&requests.last().unwrap()["messages"]).unwrap();
+    assert!(last.contains("beta question"));
+    assert!(
+        !last.contains("alpha question") && !last.contains("first answer"),
+        "nothing of one request reaches another: {last}"
+    );
+}
+
+/// The adapter's side of the stream-json input contract (docs/claude-cli-stream-input.md),
+/// against the real binary: nothing before the first message, one `init` … `result` per
+/// message on one process, exit 0 on end of input; a malformed line ends it without a result.
+#[tokio::test]
+async fn the_real_cli_takes_one_message_per_line_and_exits_on_end_of_input() {
+    use afk_operator::adapters::claude::{
+        AgentCli, AgentSpec, ClaudeCli, CliEvent, SessionMode, TurnItem, TurnRequest,
+    };
+    let fake = FakeAnthropic::start(API_KEY, Reply::text(&["fallback"])).await;
+    fake.script([Reply::text(&["one"]), Reply::text(&["two"])]);
+    let Some(program) = real_cli() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cli = ClaudeCli::new(program, dir.path().join("home"), None)
+        .with_env("ANTHROPIC_BASE_URL", &fake.served.url())
+        .with_env("ANTHROPIC_API_KEY", API_KEY)
+        .with_env("CLAUDE_CODE_MAX_RETRIES", "0");
+    let request = TurnRequest {
+        prompt: String::new(),
+        model: "sonnet".into(),
+        agent: std::sync::Arc::new(AgentSpec {
+            name: "conversational".into(),
+            description: "voice".into(),
+            prompt: "Be brief.".into(),
+            tools: Some(vec![]),
+        }),
+        session: SessionMode::Stateless,
+        cwd: dir.path().join("work"),
+        max_budget_usd: None,
+        allowed_tools: vec![],
+    };
+    let mut turn = cli.start_waiting(&request).await.unwrap();
+    // Waiting: no output, and the process stays.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), turn.next()).await;
+    assert!(quiet.is_err(), "nothing before the first message: {quiet:?}");
+    assert!(turn.is_alive());
+    let mut kinds = Vec::new();
+    for message in ["first", "second"] {
+        turn.send(message).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), turn.next())
+                .await
+                .unwrap()
+            {
+                Some(TurnItem::Event(CliEvent::Init { .. })) => kinds.push("init".to_string()),
+                Some(TurnItem::Event(CliEvent::TextDelta(text))) => kinds.push(format!("text:{text}")),
+                Some(TurnItem::Event(CliEvent::Result(result))) => {
+                    assert!(result.failure().is_none(), "{result:?}");
+                    kinds.push("result".into());
+                    break;
+                }
+                Some(TurnItem::Event(_)) => {}
+                other => panic!("the process ended mid-session: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["init", "text:one", "result", "init", "text:two", "result"]
+    );
+    turn.end_input();
+    let end = tokio::time::timeout(Duration::from_secs(30), turn.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(end, Some(TurnItem::Ended(Ok(())))),
+        "clean exit on end of input: {end:?}"
+    );
+    assert_eq!(fake.message_requests().len(), 2, "one model request per message");
 }
 
 #[tokio::test]

@@ -139,12 +139,8 @@ async fn a_warm_process_killed_while_waiting_is_replaced_and_never_noticed() {
         voice.warm_processes() == 1 && started(&started_file).len() == 1
     })
     .await;
-    let victim = started(&started_file)[0];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let victim = voice.warm_pids()[0];
+    kill(victim);
     // At once, before the pool can have noticed: the request is still answered.
     let completion: Value = sc.post_json("/v1/chat/completions", chat("still there?")).await;
     assert_eq!(reply(&completion), "You said: still there?");
@@ -153,17 +149,19 @@ async fn a_warm_process_killed_while_waiting_is_replaced_and_never_noticed() {
 
     // Killed while nobody asks: a replacement is started without a request.
     wait_for("a fresh warm process", || {
-        voice.warm_processes() == 1 && started(&started_file).len() >= 3
+        voice
+            .warm_pids()
+            .first()
+            .is_some_and(|pid| *pid != victim && alive(*pid))
     })
     .await;
-    let spare = *started(&started_file).last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(spare),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let spare = voice.warm_pids()[0];
+    kill(spare);
     wait_for("the dead process replaced", || {
-        voice.warm_processes() == 1 && started(&started_file).len() >= 4
+        voice
+            .warm_pids()
+            .first()
+            .is_some_and(|pid| *pid != spare && alive(*pid))
     })
     .await;
     let completion: Value = sc.post_json("/v1/chat/completions", chat("again")).await;
@@ -171,6 +169,10 @@ async fn a_warm_process_killed_while_waiting_is_replaced_and_never_noticed() {
     let runs = sc.wait_runs(2).await;
     let served = runs[1]["pid"].as_i64().unwrap() as i32;
     assert!(served != spare && served != victim);
+}
+
+fn kill(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
 #[tokio::test]

@@ -176,6 +176,11 @@ impl Gateway {
         self.pool.ready()
     }
 
+    /// The CLI pids of the processes waiting in the chat pool now.
+    pub fn warm_pids(&self) -> Vec<i32> {
+        self.pool.process_groups()
+    }
+
     /// Conversations whose process is kept now.
     pub fn live_sessions(&self) -> usize {
         self.live.count()

@@ -150,6 +150,12 @@ impl WarmPool {
         evicted.is_some()
     }
 
+    /// The process groups (= CLI pids) of the processes waiting now, oldest first.
+    pub fn process_groups(&self) -> Vec<i32> {
+        let state = self.state.lock().expect("pool lock");
+        state.ready.iter().map(|p| p.warm.turn.process_group()).collect()
+    }
+
     /// Processes waiting now.
     pub fn ready(&self) -> usize {
         self.state.lock().expect("pool lock").ready.len()

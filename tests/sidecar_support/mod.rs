@@ -70,7 +70,11 @@ impl Sidecar {
                 as Box<dyn afk_operator::adapters::SecretSource>
         });
         let mut cli = ClaudeCli::new(program.to_path_buf(), state_dir.join("home"), api_key)
-            .with_env("CLAUDE_CODE_FAKE_RECORD", &record.display().to_string());
+            .with_env("CLAUDE_CODE_FAKE_RECORD", &record.display().to_string())
+            .with_env(
+                "CLAUDE_CODE_FAKE_STARTED",
+                &dir.path().join("started").display().to_string(),
+            );
         for (k, v) in env {
             cli = cli.with_env(k, v);
         }
@@ -150,6 +154,20 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the CLI was not started {n} times: {:?}", self.runs());
+    }
+
+    /// Wait until `n` fake CLI processes have started (a warm one is up before a request whose
+    /// deadline should measure the turn, not the interpreter's start-up on a loaded machine).
+    pub async fn wait_started(&self, n: usize) {
+        let path = self.dir.path().join("started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&path).unwrap_or_default().lines().count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} CLI processes did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Ask the server to stop (streams end, connections drain).

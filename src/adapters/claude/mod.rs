@@ -511,7 +511,7 @@ async fn pump(
     }
     // Nothing of the turn may outlive it: kill whatever is left in the group and whatever left
     // the group (setsid), then reap. The turn counts as reaped only after the sweep.
-    let strays = sweep::strays(pgid, turn_id);
+    let strays = strays_of(pgid, turn_id).await;
     guard.kill();
     let status = match exit_status {
         Some(status) => Some(status),
@@ -520,7 +520,7 @@ async fn pump(
     let strays = {
         // Marked processes that escaped while the CLI was being killed (re-parented to us now).
         let mut all = strays;
-        all.extend(sweep::strays(pgid, turn_id));
+        all.extend(strays_of(pgid, turn_id).await);
         all.sort_unstable();
         all.dedup();
         all
@@ -540,6 +540,15 @@ async fn pump(
         Err(CliError::Crashed { code, stderr })
     };
     let _ = tx.send(TurnItem::Ended(ended)).await;
+}
+
+/// [`sweep::strays`] on the blocking pool: it reads `/proc`, which must not stall the async
+/// workers that stream other turns.
+async fn strays_of(pgid: i32, turn_id: &str) -> Vec<i32> {
+    let turn_id = turn_id.to_string();
+    tokio::task::spawn_blocking(move || sweep::strays(pgid, &turn_id))
+        .await
+        .unwrap_or_default()
 }
 
 /// Newline-delimited lines that never end the stream over one bad line: a line longer than

@@ -26,12 +26,16 @@ const REAP_WITHIN: Duration = Duration::from_secs(2);
 /// our children are then re-parented to us, where the sweep can find and reap them.
 pub fn become_subreaper() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+    ONCE.call_once(|| match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::SeqCst),
+        Err(err) => {
             tracing::warn!(error = %err, "cannot become a child subreaper; setsid escapees of CLI turns may outlive them");
         }
     });
 }
+
+/// Whether orphaned descendants come to us (then only our own children can be escapees).
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One process as `/proc/<pid>/stat` tells it.
 struct Stat {
@@ -63,7 +67,13 @@ fn has_marker(pid: i32, marker: &[u8]) -> bool {
 /// The processes left of the turn whose CLI is `cli` (its pid and process group) and whose
 /// marker value is `turn_id`: anything carrying the marker, in the CLI's group, or descending
 /// from the CLI. The CLI itself is not included (its `Child` reaps it).
+///
+/// Blocking (it reads `/proc`): call it off the async workers. As a subreaper, an escapee is
+/// either still below the CLI or re-parented to us, so only our own children's environments are
+/// read — a burst of turns ending together must not read every process's environment each.
 pub fn strays(cli: i32, turn_id: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let every_process = !SUBREAPER.load(std::sync::atomic::Ordering::SeqCst);
     let marker = format!("{TURN_ENV}={turn_id}").into_bytes();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -85,7 +95,12 @@ pub fn strays(cli: i32, turn_id: &str) -> Vec<i32> {
     };
     procs
         .iter()
-        .filter(|(pid, s)| *pid != cli && (s.pgid == cli || descends(*pid) || has_marker(*pid, &marker)))
+        .filter(|(pid, s)| {
+            *pid != cli
+                && (s.pgid == cli
+                    || descends(*pid)
+                    || ((every_process || s.ppid == me) && has_marker(*pid, &marker)))
+        })
         .map(|(pid, _)| *pid)
         .collect()
 }
