@@ -238,6 +238,55 @@ mod tests {
     }
 
     #[test]
+    fn user_message_lines_have_the_shape_the_cli_accepts() {
+        for text in ["hello", "two\nlines \"quoted\" ünïcode 🙂", ""] {
+            let line = user_message_line(text);
+            assert!(
+                line.ends_with('\n') && !line[..line.len() - 1].contains('\n'),
+                "one line"
+            );
+            let value: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(value["type"], "user");
+            assert_eq!(
+                value["message"]["role"], "user",
+                "the CLI exits on any other role"
+            );
+            assert_eq!(value["message"]["content"], text);
+        }
+    }
+
+    #[test]
+    fn one_process_two_messages_sample_is_two_whole_turns() {
+        // Captured from the real CLI with --input-format stream-json (docs/claude-cli-stream-input.md).
+        let events = sample("stream-json-input/two-turns-one-process.jsonl");
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                CliEvent::Init { .. } => Some("init"),
+                CliEvent::Result(result) => {
+                    assert_eq!(result.failure(), None);
+                    Some("result")
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["init", "result", "init", "result"], "a new init per turn");
+        let mid_session_error = sample("stream-json-input/api-error-mid-session.jsonl");
+        let failures: Vec<_> = mid_session_error
+            .iter()
+            .filter_map(|e| match e {
+                CliEvent::Result(result) => Some(result.failure()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            failures,
+            [Some(Failure::Api), Some(Failure::Api)],
+            "the process stays after an error"
+        );
+    }
+
+    #[test]
     fn partial_text_sample_yields_init_deltas_message_and_result() {
         let events = sample("claude-2.1.330-stream-json-partial-text.jsonl");
         assert!(matches!(events.first(), Some(CliEvent::Init { session_id, .. }) if !session_id.is_empty()));
