@@ -109,17 +109,17 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One direct run: (time to first delta, time to result, first→last delta span) in ms.
-fn direct_run(exe: &str, env: &[(&str, String)]) -> (f64, f64, f64) {
+/// One direct run of `command` with `prompt` on stdin: (time to first delta, time to result,
+/// first→last delta span) in ms.
+fn timed_spawn(mut command: Command, prompt: &str) -> (f64, f64, f64) {
     let start = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["-p", "--output-format", "stream-json", "--verbose"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"direct").unwrap();
+    child.stdin.take().unwrap().write_all(prompt.as_bytes()).unwrap();
     let reader = std::io::BufReader::new(child.stdout.take().unwrap());
     let (mut first, mut last) = (None, 0.0);
     let mut total = 0.0;
@@ -130,13 +130,22 @@ fn direct_run(exe: &str, env: &[(&str, String)]) -> (f64, f64, f64) {
             first.get_or_insert(t);
             last = t;
         }
-        if line.contains("\"result\"") {
+        if line.contains("\"type\":\"result\"") {
             total = t;
         }
     }
     let _ = child.wait();
     let first = first.unwrap_or(f64::NAN);
     (first, total, last - first)
+}
+
+/// One direct run of the fake CLI.
+fn direct_run(exe: &str, env: &[(&str, String)]) -> (f64, f64, f64) {
+    let mut command = Command::new(exe);
+    command
+        .args(["-p", "--output-format", "stream-json", "--verbose"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    timed_spawn(command, "direct")
 }
 
 struct Streamed {
@@ -484,36 +493,15 @@ fn real_cli_mode(runtime: &tokio::runtime::Runtime) {
         ("DISABLE_ERROR_REPORTING", "1".to_string()),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
     ]);
-    let direct = |prompt: &str| -> (f64, f64, f64) {
-        let start = Instant::now();
-        let mut child = Command::new(&claude)
+    let direct = |prompt: &str| {
+        let mut command = Command::new(&claude);
+        command
             .args(&argv)
             .current_dir(work.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(direct_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(prompt.as_bytes()).unwrap();
-        let reader = std::io::BufReader::new(child.stdout.take().unwrap());
-        let (mut first, mut last, mut total) = (None, 0.0, 0.0);
-        for line in reader.lines() {
-            let line = line.unwrap();
-            let t = start.elapsed().as_secs_f64() * 1000.0;
-            if line.contains("text_delta") {
-                first.get_or_insert(t);
-                last = t;
-            }
-            if line.starts_with("{\"type\":\"result\"") || line.contains("\"type\":\"result\"") {
-                total = t;
-            }
-        }
-        let _ = child.wait();
-        let first = first.unwrap_or(f64::NAN);
-        (first, total, last - first)
+            .envs(direct_env.iter().map(|(k, v)| (*k, v.as_str())));
+        timed_spawn(command, prompt)
     };
     let client = reqwest::Client::new();
     let pooled = Sidecar::start(&claude, &["--max-concurrent-turns", "4"], &env);

@@ -179,15 +179,6 @@ async fn conversational_resume_sends_the_earlier_turns() {
     assert!(second.contains("What is my name?"));
 }
 
-async fn turn_starts(sc: &Sidecar, kind: &str) -> u64 {
-    let metrics = sc.get("/metrics").send().await.unwrap().text().await.unwrap();
-    let needle = format!("afk_voice_turn_starts_total{{kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_live_conversation_answers_turn_two_from_the_same_process_with_turn_one_in_context() {
     let fake = FakeAnthropic::start(API_KEY, Reply::text(&["fallback"])).await;
@@ -210,9 +201,9 @@ async fn a_live_conversation_answers_turn_two_from_the_same_process_with_turn_on
         )
         .await;
     assert_eq!(two["reply"], "You are Grace.");
-    assert_eq!(turn_starts(&sc, "cold").await, 1, "one process for the session");
+    assert_eq!(sc.turn_starts("cold").await, 1, "one process for the session");
     assert_eq!(
-        turn_starts(&sc, "live").await,
+        sc.turn_starts("live").await,
         1,
         "turn two went to the live process"
     );
@@ -254,7 +245,7 @@ async fn warm_chat_processes_of_the_real_cli_serve_one_request_each() {
         );
     }
     assert!(
-        turn_starts(&sc, "warm").await >= 1,
+        sc.turn_starts("warm").await >= 1,
         "served by a process started ahead"
     );
     let requests = fake.message_requests();

@@ -9,7 +9,7 @@
 
 mod sidecar_support;
 
-use std::{collections::HashSet, path::Path, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::{Value, json};
 use sidecar_support::{Sidecar, fake_claude};
@@ -24,14 +24,6 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn started(path: &Path) -> Vec<i32> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -52,32 +44,20 @@ fn reply(completion: &Value) -> &str {
         .unwrap_or_default()
 }
 
-async fn turn_starts(sc: &Sidecar, kind: &str) -> u64 {
-    let metrics = sc.get("/metrics").send().await.unwrap().text().await.unwrap();
-    let needle = format!("afk_voice_turn_starts_total{{kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_pooled_process_serves_exactly_one_chat_request_and_concurrent_ones_never_share() {
-    let dir = tempfile::tempdir().unwrap();
-    let started_file = dir.path().join("started");
-    let started_env = started_file.display().to_string();
     let sc = Sidecar::start(
         &fake_claude(),
-        &[("CLAUDE_CODE_FAKE_STARTED", &started_env)],
+        &[],
         &["--max-concurrent-turns", "8", "--chat-pool-size", "2"],
     )
     .await;
     let voice = sc.state.voice.clone().unwrap();
     wait_for("two warm processes", || {
-        voice.warm_processes() == 2 && started(&started_file).len() == 2
+        voice.warm_processes() == 2 && sc.started_pids().len() == 2
     })
     .await;
-    let warm_before: HashSet<i32> = started(&started_file).into_iter().collect();
+    let warm_before: HashSet<i32> = sc.started_pids().into_iter().collect();
 
     let first: Value = sc.post_json("/v1/chat/completions", chat("one")).await;
     assert_eq!(reply(&first), "You said: one");
@@ -119,7 +99,7 @@ async fn a_pooled_process_serves_exactly_one_chat_request_and_concurrent_ones_ne
         served_warm >= 1,
         "the first request was served by a process started before it"
     );
-    assert!(turn_starts(&sc, "warm").await >= 1);
+    assert!(sc.turn_starts("warm").await >= 1);
     // Used processes exit after their one answer; the pool is refilled.
     for pid in &pids {
         let pid = *pid as i32;
@@ -130,13 +110,10 @@ async fn a_pooled_process_serves_exactly_one_chat_request_and_concurrent_ones_ne
 
 #[tokio::test]
 async fn a_warm_process_killed_while_waiting_is_replaced_and_never_noticed() {
-    let dir = tempfile::tempdir().unwrap();
-    let started_file = dir.path().join("started");
-    let started_env = started_file.display().to_string();
-    let sc = Sidecar::start(&fake_claude(), &[("CLAUDE_CODE_FAKE_STARTED", &started_env)], &[]).await;
+    let sc = Sidecar::start(&fake_claude(), &[], &[]).await;
     let voice = sc.state.voice.clone().unwrap();
     wait_for("a warm process", || {
-        voice.warm_processes() == 1 && started(&started_file).len() == 1
+        voice.warm_processes() == 1 && sc.started_pids().len() == 1
     })
     .await;
     let victim = voice.warm_pids()[0];
@@ -180,21 +157,13 @@ async fn a_rotated_api_key_replaces_the_pool_before_anyone_is_served_with_the_ol
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("api-key");
     std::fs::write(&key_file, "sk-ant-old\n").unwrap();
-    let started_file = dir.path().join("started");
-    let started_env = started_file.display().to_string();
-    let sc = Sidecar::start_with_key(
-        &fake_claude(),
-        Some(&key_file),
-        &[("CLAUDE_CODE_FAKE_STARTED", &started_env)],
-        &[],
-    )
-    .await;
+    let sc = Sidecar::start_with_key(&fake_claude(), Some(&key_file), &[], &[]).await;
     let voice = sc.state.voice.clone().unwrap();
     wait_for("a warm process", || {
-        voice.warm_processes() == 1 && started(&started_file).len() == 1
+        voice.warm_processes() == 1 && sc.started_pids().len() == 1
     })
     .await;
-    let old = started(&started_file)[0];
+    let old = sc.started_pids()[0];
 
     std::fs::write(&key_file, "sk-ant-new\n").unwrap();
     // Even a request that comes before the pool noticed gets a process with the new key.
@@ -241,7 +210,7 @@ async fn a_conversation_keeps_its_process_between_turns_and_resumes_after_the_id
         "the same live process served both turns"
     );
     assert_eq!(runs[1]["turn"], 1);
-    assert_eq!(turn_starts(&sc, "live").await, 1);
+    assert_eq!(sc.turn_starts("live").await, 1);
 
     // Idle past the timeout: let go (it saved the session), so turn 3 resumes it cold.
     let pid = runs[0]["pid"].as_i64().unwrap() as i32;
@@ -307,15 +276,7 @@ async fn kept_processes_are_bounded_and_give_their_slots_to_requests() {
 
 #[tokio::test]
 async fn shutdown_kills_warm_and_kept_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let started_file = dir.path().join("started");
-    let started_env = started_file.display().to_string();
-    let mut sc = Sidecar::start(
-        &fake_claude(),
-        &[("CLAUDE_CODE_FAKE_STARTED", &started_env)],
-        &["--max-concurrent-turns", "4"],
-    )
-    .await;
+    let mut sc = Sidecar::start(&fake_claude(), &[], &["--max-concurrent-turns", "4"]).await;
     let voice = sc.state.voice.clone().unwrap();
     wait_for("a warm process", || voice.warm_processes() == 1).await;
     let id = "33333333-3333-4333-8333-333333333333";
@@ -325,8 +286,8 @@ async fn shutdown_kills_warm_and_kept_processes() {
     assert_eq!(one["reply"], "You said: hi");
     assert_eq!(voice.live_sessions(), 1);
     // The warm process and the kept one, each written its pid as it started.
-    wait_for("two processes started", || started(&started_file).len() == 2).await;
-    let pids = started(&started_file);
+    wait_for("two processes started", || sc.started_pids().len() == 2).await;
+    let pids = sc.started_pids();
     assert!(pids.iter().all(|pid| alive(*pid)), "both still waiting");
     sc.shutdown();
     for pid in pids {
@@ -336,12 +297,9 @@ async fn shutdown_kills_warm_and_kept_processes() {
 
 #[tokio::test]
 async fn with_the_pool_and_live_sessions_off_every_turn_is_a_fresh_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let started_file = dir.path().join("started");
-    let started_env = started_file.display().to_string();
     let sc = Sidecar::start(
         &fake_claude(),
-        &[("CLAUDE_CODE_FAKE_STARTED", &started_env)],
+        &[],
         &["--chat-pool-size", "0", "--live-sessions", "0"],
     )
     .await;
@@ -361,9 +319,9 @@ async fn with_the_pool_and_live_sessions_off_every_turn_is_a_fresh_process() {
     assert_eq!(voice.warm_processes(), 0);
     assert_eq!(voice.live_sessions(), 0);
     assert_eq!(
-        started(&started_file).len(),
+        sc.started_pids().len(),
         3,
         "one process per turn, none ahead of time"
     );
-    assert_eq!(turn_starts(&sc, "cold").await, 3);
+    assert_eq!(sc.turn_starts("cold").await, 3);
 }

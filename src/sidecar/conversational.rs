@@ -9,20 +9,19 @@ use std::sync::Arc;
 use axum::{
     Json,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 
 use super::{
-    SidecarState, openai,
-    turns::{Driver, Finished, Slot, Step, TurnFailure, keepalive_timer, next_streamed, sse_response},
+    openai,
+    turns::{Driver, Finished, Slot, TurnFailure, sse_response},
     voice::{
-        ActiveStream, Gateway, Opening, collect, failure_response, gateway_and_body, invalid, open,
-        refusal_response,
+        ActiveStream, Gateway, Opening, VoiceRequest, collect, failure_response, invalid, open,
+        refusal_response, stream_rest,
     },
     warm::{Live, let_go},
 };
@@ -105,14 +104,12 @@ fn keep(gw: &Gateway, id: uuid::Uuid, driver: Driver, slot: Slot, model: &str, g
 
 /// `POST /v1/conversational`.
 pub async fn conversational(
-    State(state): State<SidecarState>,
-    body: Result<Bytes, BytesRejection>,
+    VoiceRequest {
+        gw,
+        body: request,
+        received,
+    }: VoiceRequest<ConversationalRequest>,
 ) -> Response {
-    let received = Instant::now();
-    let (gw, request) = match gateway_and_body::<ConversationalRequest>(&state, &body) {
-        Ok(parts) => parts,
-        Err(resp) => return resp,
-    };
     let Ok(session_id) = uuid::Uuid::parse_str(&request.session_id) else {
         return invalid("session_id must be a UUID", Some("session_id"));
     };
@@ -198,33 +195,23 @@ pub async fn conversational(
         if tx.send(frame("delta", json!({"text": first}))).await.is_err() {
             return;
         }
-        let mut keepalive = keepalive_timer(gw.keepalive);
-        loop {
-            // `None`: the client went away; dropping the driver kills the process.
-            let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
-                return;
-            };
-            match step {
-                Step::Started { .. } | Step::Tool { .. } => {}
-                Step::Text(text) => {
-                    reply.push_str(&text);
-                    if tx.send(frame("delta", json!({"text": text}))).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Finished(_) => {
-                    keep(&gw, session_id, driver, slot, &model, generation);
-                    let _ = tx
-                        .send(frame("done", json!({"session_id": session_id, "reply": reply})))
-                        .await;
-                    return;
-                }
-                Step::Failed(failure) => {
-                    gw.record_failure(&failure);
-                    let error = openai::error_body(&failure.message(), failure.kind(), None, failure.code());
-                    let _ = tx.send(frame("error", error)).await;
-                    return;
-                }
+        let delta = |text: &str| {
+            reply.push_str(text);
+            frame("delta", json!({"text": text}))
+        };
+        match stream_rest(&mut driver, &tx, gw.keepalive, delta).await {
+            // The client went away; dropping the driver killed the process.
+            None => {}
+            Some(Ok(_)) => {
+                keep(&gw, session_id, driver, slot, &model, generation);
+                let _ = tx
+                    .send(frame("done", json!({"session_id": session_id, "reply": reply})))
+                    .await;
+            }
+            Some(Err(failure)) => {
+                gw.record_failure(&failure);
+                let error = openai::error_body(&failure.message(), failure.kind(), None, failure.code());
+                let _ = tx.send(frame("error", error)).await;
             }
         }
     });

@@ -342,14 +342,46 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Result<Bytes, BytesRejectio
     })
 }
 
-/// The gateway (503 when absent) and the parsed body (400/413 in OpenAI's shape): what every
-/// `/v1` POST needs first.
-pub(super) fn gateway_and_body<T: serde::de::DeserializeOwned>(
-    state: &SidecarState,
-    body: &Result<Bytes, BytesRejection>,
-) -> Result<(Arc<Gateway>, T), Response> {
-    let gw = gateway(state)?.clone();
-    Ok((gw, parse_body(body)?))
+/// Stream the rest of a turn: each text as the frame `frame` makes of it, keepalive comments
+/// while it is quiet. `None` when the client went away (dropping the driver kills the process).
+pub(super) async fn stream_rest(
+    driver: &mut Driver,
+    tx: &mpsc::Sender<Bytes>,
+    keepalive: Duration,
+    mut frame: impl FnMut(&str) -> Bytes,
+) -> Option<Result<Finished, TurnFailure>> {
+    let mut keepalive = keepalive_timer(keepalive);
+    loop {
+        match next_streamed(driver, tx, &mut keepalive).await? {
+            Step::Started { .. } | Step::Tool { .. } => {}
+            Step::Text(text) => tx.send(frame(&text)).await.ok()?,
+            Step::Finished(finished) => return Some(Ok(finished)),
+            Step::Failed(failure) => return Some(Err(failure)),
+        }
+    }
+}
+
+/// What every `/v1` POST needs first, as an extractor: the gateway (503 when absent), the parsed
+/// body (400/413 in OpenAI's shape) and when the request arrived (time to first token).
+pub struct VoiceRequest<T> {
+    /// The voice gateway.
+    pub gw: Arc<Gateway>,
+    /// The request body.
+    pub body: T,
+    /// When the request was received.
+    pub received: Instant,
+}
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<SidecarState> for VoiceRequest<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &SidecarState) -> Result<Self, Response> {
+        let received = Instant::now();
+        let gw = gateway(state)?.clone();
+        let bytes = Bytes::from_request(request, state).await;
+        let body = parse_body(&bytes)?;
+        Ok(Self { gw, body, received })
+    }
 }
 
 /// Guard counting an open stream.
@@ -430,14 +462,12 @@ async fn cold_chat_process(gw: &Gateway, model: &str) -> Result<Warm, Response> 
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
-    State(state): State<SidecarState>,
-    body: Result<Bytes, BytesRejection>,
+    VoiceRequest {
+        gw,
+        body: request,
+        received,
+    }: VoiceRequest<ChatRequest>,
 ) -> Response {
-    let received = Instant::now();
-    let (gw, request) = match gateway_and_body::<ChatRequest>(&state, &body) {
-        Ok(parts) => parts,
-        Err(resp) => return resp,
-    };
     let plan = match openai::plan(&request, &gw.models) {
         Ok(plan) => plan,
         Err(err) => return invalid(&err.message, err.param),
@@ -498,26 +528,16 @@ pub async fn chat_completions(
                 {
                     return;
                 }
-                let mut keepalive = keepalive_timer(gw.keepalive);
-                loop {
-                    let Some(step) = next_streamed(&mut driver, &tx, &mut keepalive).await else {
+                let chunk = |text: &str| send(id.text_chunk(text));
+                match stream_rest(&mut driver, &tx, gw.keepalive, chunk).await {
+                    None => return,
+                    Some(Ok(finished)) => finished,
+                    Some(Err(failure)) => {
+                        gw.record_failure(&failure);
+                        let error =
+                            openai::error_body(&failure.message(), failure.kind(), None, failure.code());
+                        let _ = tx.send(send(error)).await;
                         return;
-                    };
-                    match step {
-                        Step::Started { .. } | Step::Tool { .. } => continue,
-                        Step::Text(text) => {
-                            if tx.send(send(id.text_chunk(&text))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Step::Finished(finished) => break finished,
-                        Step::Failed(failure) => {
-                            gw.record_failure(&failure);
-                            let error =
-                                openai::error_body(&failure.message(), failure.kind(), None, failure.code());
-                            let _ = tx.send(send(error)).await;
-                            return;
-                        }
                     }
                 }
             }

@@ -166,16 +166,7 @@ impl WarmPool {
         if self.settings.per_model == 0 {
             return;
         }
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
-            self.refill().await;
-        }
+        tend(&shutdown, Some(&self.wake), || self.refill()).await;
         let drained = std::mem::take(&mut self.state.lock().expect("pool lock").ready);
         drop(drained);
     }
@@ -362,34 +353,59 @@ impl LiveSessions {
         if !self.enabled() {
             return;
         }
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = Instant::now();
-            let expired: Vec<Live> = {
-                let mut idle = self.idle.lock().expect("live sessions lock");
-                let ids: Vec<uuid::Uuid> = idle
-                    .iter()
-                    .filter(|(_, e)| {
-                        !e.live.turn.is_alive() || now.duration_since(e.since) >= self.idle_timeout
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.iter()
-                    .filter_map(|id| idle.remove(id))
-                    .map(|e| e.live)
-                    .collect()
-            };
-            for live in expired {
-                let _ = let_go(live);
-            }
-        }
+        tend(&shutdown, None, || {
+            self.let_idle_go();
+            std::future::ready(())
+        })
+        .await;
         let all = std::mem::take(&mut *self.idle.lock().expect("live sessions lock"));
         drop(all);
+    }
+}
+
+impl LiveSessions {
+    /// Let go every process idle past the timeout, and forget the dead ones.
+    fn let_idle_go(&self) {
+        let now = Instant::now();
+        let expired: Vec<Live> = {
+            let mut idle = self.idle.lock().expect("live sessions lock");
+            let ids: Vec<uuid::Uuid> = idle
+                .iter()
+                .filter(|(_, e)| !e.live.turn.is_alive() || now.duration_since(e.since) >= self.idle_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| idle.remove(id))
+                .map(|e| e.live)
+                .collect()
+        };
+        for live in expired {
+            let _ = let_go(live);
+        }
+    }
+}
+
+/// Run `step` every [`TICK`] and whenever `wake` fires, until `shutdown`.
+async fn tend<F: std::future::Future<Output = ()>>(
+    shutdown: &CancellationToken,
+    wake: Option<&Notify>,
+    mut step: impl FnMut() -> F,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let woken = async {
+            match wake {
+                Some(wake) => wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = woken => {}
+            _ = tick.tick() => {}
+        }
+        step().await;
     }
 }
 

@@ -156,12 +156,30 @@ impl Sidecar {
         panic!("the CLI was not started {n} times: {:?}", self.runs());
     }
 
+    /// Pids of the fake CLI processes started so far, in order (each writes its pid as it starts).
+    pub fn started_pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.path().join("started"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Voice turns served by a `warm`, `live` or `cold` process so far (from `/metrics`).
+    pub async fn turn_starts(&self, kind: &str) -> u64 {
+        let metrics = self.get("/metrics").send().await.unwrap().text().await.unwrap();
+        let needle = format!("afk_voice_turn_starts_total{{kind=\"{kind}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
     /// Wait until `n` fake CLI processes have started (a warm one is up before a request whose
     /// deadline should measure the turn, not the interpreter's start-up on a loaded machine).
     pub async fn wait_started(&self, n: usize) {
-        let path = self.dir.path().join("started");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::fs::read_to_string(&path).unwrap_or_default().lines().count() < n {
+        while self.started_pids().len() < n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{n} CLI processes did not start"
