@@ -7,13 +7,15 @@
 //! controller` serves only the routes that spawn nothing (see [`router`]), so the chart can run
 //! the CLI-spawning ones in a container of their own (memory isolation). Served by a hyper connection loop
 //! (`serve`): HTTP/1.1 only, every wait for a request head bounded by the header-read timeout,
-//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`).
+//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`); extractors
+//! (`extract`) answer 503/404/400 for handlers, so handlers hold only the happy path.
 
 pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
 pub mod console;
 pub mod error;
+pub mod extract;
 pub mod openai;
 pub mod pve;
 pub mod turns;
