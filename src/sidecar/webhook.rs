@@ -29,7 +29,6 @@ use axum::{
     Json,
     extract::{Request, State},
     http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
 };
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
@@ -39,7 +38,8 @@ use kube::{
     api::ListParams,
     runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
@@ -387,15 +387,39 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The handler.
-pub async fn github(State(state): State<SidecarState>, request: Request) -> Response {
-    match deliver(&state, request).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
-    }
+/// What an authentic delivery was answered (fields alphabetical in each: the former `json!` order).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Delivered {
+    /// `200`: this delivery id was seen before; nothing was done.
+    Duplicate {
+        /// The delivery id.
+        duplicate: String,
+    },
+    /// `200`: GitHub's `ping`.
+    Pong {
+        /// Always true.
+        ok: bool,
+    },
+    /// `202`: an event that cannot change what the loop does.
+    Ignored {
+        /// The event name.
+        ignored: String,
+    },
+    /// `202`: the reconciles it triggered.
+    Triggered {
+        /// AfkRuns poked (CI and push events).
+        runs: Vec<String>,
+        /// AfkConfigs polled (issue and label events).
+        triggered: Vec<String>,
+    },
 }
 
-async fn deliver(state: &SidecarState, request: Request) -> Result<Response, ApiError> {
+/// The handler.
+pub async fn github(
+    State(state): State<SidecarState>,
+    request: Request,
+) -> Result<(StatusCode, Json<Delivered>), ApiError> {
     let (Some(cluster), Some(cache)) = (state.cluster.clone(), state.webhook.clone()) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -451,7 +475,8 @@ async fn deliver(state: &SidecarState, request: Request) -> Result<Response, Api
         && !cache.first_delivery(delivery)
     {
         tracing::info!(event = %event, delivery, "webhook delivery seen before; ignored");
-        return Ok((StatusCode::OK, Json(json!({"duplicate": delivery}))).into_response());
+        let duplicate = delivery.to_string();
+        return Ok((StatusCode::OK, Json(Delivered::Duplicate { duplicate })));
     }
     // 4. Parse and act.
     let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -475,10 +500,10 @@ async fn deliver(state: &SidecarState, request: Request) -> Result<Response, Api
         ));
     }
     if event == "ping" {
-        return Ok((StatusCode::OK, Json(json!({"ok": true}))).into_response());
+        return Ok((StatusCode::OK, Json(Delivered::Pong { ok: true })));
     }
     if !TRIGGERING_EVENTS.contains(&event.as_str()) {
-        return Ok((StatusCode::ACCEPTED, Json(json!({"ignored": event}))).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(Delivered::Ignored { ignored: event })));
     }
     let mut triggered = vec![];
     let mut runs_triggered = vec![];
@@ -508,11 +533,11 @@ async fn deliver(state: &SidecarState, request: Request) -> Result<Response, Api
         }
     }
     tracing::info!(event = %event, repo = repo.as_deref().unwrap_or("-"), ?triggered, runs = ?runs_triggered, "webhook triggered reconciles");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"triggered": triggered, "runs": runs_triggered})),
-    )
-        .into_response())
+    let triggered = Delivered::Triggered {
+        runs: runs_triggered,
+        triggered,
+    };
+    Ok((StatusCode::ACCEPTED, Json(triggered)))
 }
 
 #[cfg(test)]
