@@ -16,7 +16,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::turns::{Refusal, TurnFailure};
+use super::turns::TurnFailure;
 
 /// An error answer: status, message for the client, OpenAI `type`, stable `code`, optional `param`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,27 +171,6 @@ impl From<&TurnFailure> for ApiError {
     }
 }
 
-/// A request the turn limiter did not admit: 429 (queue full) or 503 (waited too long).
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        let (status, message, code) = match refusal {
-            Refusal::QueueFull => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests are waiting for the agent; retry shortly",
-                "rate_limit_exceeded",
-            ),
-            Refusal::QueueTimeout => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no agent slot became free in time; retry shortly",
-                "overloaded",
-            ),
-        };
-        Self::new(status, message, code)
-            .kind("rate_limit_error")
-            .retry_after(2)
-    }
-}
-
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}): {}", self.status, self.code, self.message)
@@ -320,21 +299,16 @@ mod tests {
     }
 
     #[test]
-    fn turn_failures_and_refusals_keep_their_voice_shape() {
-        let busy: ApiError = Refusal::QueueFull.into();
-        assert_eq!(
-            (busy.status, busy.kind, busy.code, busy.retry_after),
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                Some(2)
-            )
-        );
+    fn turn_failures_keep_their_voice_shape() {
         let budget: ApiError = (&TurnFailure::Budget).into();
         assert_eq!(
             (budget.status, budget.kind, budget.retry_after),
             (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", None)
+        );
+        let spawn: ApiError = (&TurnFailure::Spawn).into();
+        assert_eq!(
+            (spawn.status, spawn.kind, spawn.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some(5))
         );
     }
 }

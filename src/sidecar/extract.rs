@@ -2,8 +2,9 @@
 //! never sees the request when that is missing. Each rejects with an [`ApiError`], so the answer
 //! has the one JSON shape and the handler body holds only the happy path.
 //!
-//! - feature gates: [`Voice`], [`Sessions`] (503 `not_configured` when the feature is off in this
-//!   process) and [`InCluster`] (503 `unavailable` without a cluster connection);
+//! - feature gates: [`Enabled<F>`] for a [`Feature`] — the voice gateway, breakglass sessions —
+//!   (503 `not_configured` when it is off in this process) and [`InCluster`] (503 `unavailable`
+//!   without a cluster connection);
 //! - [`SessionById`]: the breakglass session named by the `{id}` path segment (404 otherwise);
 //! - bodies: [`ApiJson`] for the `/api/*` routes and [`V1Json`] for the OpenAI-shaped `/v1/*`
 //!   routes, each with the 400/413 wording its clients see today.
@@ -25,35 +26,41 @@ use super::{
     voice,
 };
 
-/// The voice gateway, or 503 when this process serves none.
-#[derive(Clone, Debug)]
-pub struct Voice(pub Arc<voice::Gateway>);
+/// A feature this process may or may not serve (absent without its agent, or with
+/// `--routes controller`).
+pub trait Feature: Send + Sync + 'static {
+    /// The 503 message when it is off.
+    const OFF: &'static str;
+    /// The feature in `state`, when on.
+    fn of(state: &SidecarState) -> Option<&Arc<Self>>;
+}
 
-impl FromRequestParts<SidecarState> for Voice {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(_: &mut Parts, state: &SidecarState) -> Result<Self, ApiError> {
-        state
-            .voice
-            .clone()
-            .map(Self)
-            .ok_or_else(|| ApiError::not_configured("the voice gateway is not configured"))
+impl Feature for voice::Gateway {
+    const OFF: &'static str = "the voice gateway is not configured";
+    fn of(state: &SidecarState) -> Option<&Arc<Self>> {
+        state.voice.as_ref()
     }
 }
 
-/// The breakglass sessions, or 503 when this process has no breakglass agent.
-#[derive(Clone, Debug)]
-pub struct Sessions(pub Arc<breakglass::Breakglass>);
+impl Feature for breakglass::Breakglass {
+    const OFF: &'static str = "breakglass sessions are not configured";
+    fn of(state: &SidecarState) -> Option<&Arc<Self>> {
+        state.breakglass.as_ref()
+    }
+}
 
-impl FromRequestParts<SidecarState> for Sessions {
+/// The feature `F`, or 503 `not_configured` when this process does not serve it.
+#[derive(Debug)]
+pub struct Enabled<F>(pub Arc<F>);
+
+impl<F: Feature> FromRequestParts<SidecarState> for Enabled<F> {
     type Rejection = ApiError;
 
     async fn from_request_parts(_: &mut Parts, state: &SidecarState) -> Result<Self, ApiError> {
-        state
-            .breakglass
-            .clone()
+        F::of(state)
+            .cloned()
             .map(Self)
-            .ok_or_else(|| ApiError::not_configured("breakglass sessions are not configured"))
+            .ok_or_else(|| ApiError::not_configured(F::OFF))
     }
 }
 
@@ -71,7 +78,7 @@ impl FromRequestParts<SidecarState> for SessionById {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SidecarState) -> Result<Self, ApiError> {
-        let Sessions(sessions) = Sessions::from_request_parts(parts, state).await?;
+        let Enabled(sessions) = Enabled::<breakglass::Breakglass>::from_request_parts(parts, state).await?;
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| unknown_session())?;
@@ -161,7 +168,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for V1Json<T> {
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, extract::DefaultBodyLimit, http::Request, routing::post};
+    use axum::{
+        body::Body,
+        extract::DefaultBodyLimit,
+        http::Request,
+        routing::{MethodRouter, post},
+    };
     use serde::Deserialize;
     use tower::ServiceExt;
 
@@ -173,7 +185,11 @@ mod tests {
         model: String,
     }
 
-    async fn status_and_body(app: axum::Router, body: &'static str) -> (StatusCode, serde_json::Value) {
+    /// `route` behind an 8-byte body limit, called with `body`.
+    async fn status_and_body(route: MethodRouter, body: &'static str) -> (StatusCode, serde_json::Value) {
+        let app = axum::Router::new()
+            .route("/", route)
+            .layer(DefaultBodyLimit::max(8));
         let request = Request::post("/")
             .header("content-type", "application/json")
             .body(Body::from(body))
@@ -186,19 +202,15 @@ mod tests {
 
     #[tokio::test]
     async fn v1_bodies_answer_in_openais_words() {
-        let app = || {
-            axum::Router::new()
-                .route("/", post(|V1Json(_): V1Json<Ask>| async { StatusCode::OK }))
-                .layer(DefaultBodyLimit::max(8))
-        };
-        let (status, body) = status_and_body(app(), "{\"model\": \"a long one\"}").await;
+        let route = post(|V1Json(_): V1Json<Ask>| async { StatusCode::OK });
+        let (status, body) = status_and_body(route.clone(), "{\"model\": \"a long one\"}").await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(
             body["error"]["message"],
             format!("the request body is larger than {MAX_V1_BODY} bytes")
         );
         assert_eq!(body["error"]["code"], "invalid_request");
-        let (status, body) = status_and_body(app(), "{}").await;
+        let (status, body) = status_and_body(route, "{}").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "invalid_request");
         assert!(
@@ -211,15 +223,11 @@ mod tests {
 
     #[tokio::test]
     async fn api_bodies_are_400_or_413() {
-        let app = || {
-            axum::Router::new()
-                .route("/", post(|ApiJson(_): ApiJson<Ask>| async { StatusCode::OK }))
-                .layer(DefaultBodyLimit::max(8))
-        };
-        let (status, body) = status_and_body(app(), "{\"model\": \"a long one\"}").await;
+        let route = post(|ApiJson(_): ApiJson<Ask>| async { StatusCode::OK });
+        let (status, body) = status_and_body(route.clone(), "{\"model\": \"a long one\"}").await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["error"]["code"], "payload_too_large");
-        let (status, body) = status_and_body(app(), "[]").await;
+        let (status, body) = status_and_body(route, "[]").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["type"], "invalid_request_error");
     }

@@ -9,11 +9,11 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::sessions::{AtCapacity, SessionSummary, TurnRunning};
+use super::sessions::{AtCapacity, Breakglass, SessionSummary, TurnRunning};
 use crate::sidecar::{
     auth::Caller,
     error::ApiError,
-    extract::{ApiJson, SessionById, Sessions, unknown_session},
+    extract::{ApiJson, Enabled, SessionById, unknown_session},
     openai,
 };
 
@@ -61,7 +61,7 @@ pub struct Cancelled {
 }
 
 /// `POST /api/breakglass/sessions`.
-pub async fn create(Sessions(sessions): Sessions, caller: Caller) -> Result<Response, ApiError> {
+pub async fn create(Enabled(sessions): Enabled<Breakglass>, caller: Caller) -> Result<Response, ApiError> {
     let session = sessions.create().map_err(|AtCapacity| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -77,7 +77,7 @@ pub async fn create(Sessions(sessions): Sessions, caller: Caller) -> Result<Resp
 }
 
 /// `GET /api/breakglass/sessions`.
-pub async fn list(Sessions(sessions): Sessions) -> Json<SessionList> {
+pub async fn list(Enabled(sessions): Enabled<Breakglass>) -> Json<SessionList> {
     Json(SessionList {
         sessions: sessions.list(),
     })
@@ -85,7 +85,7 @@ pub async fn list(Sessions(sessions): Sessions) -> Json<SessionList> {
 
 /// `DELETE /api/breakglass/sessions/{id}`.
 pub async fn delete(
-    Sessions(sessions): Sessions,
+    Enabled(sessions): Enabled<Breakglass>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if sessions.remove(&id) {

@@ -60,22 +60,6 @@ pub enum BreakglassEvent {
     TurnEnd,
 }
 
-impl BreakglassEvent {
-    /// The event's name: the SSE `event:` and the payload's `type`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::User { .. } => "user",
-            Self::Session { .. } => "session",
-            Self::Text { .. } => "text",
-            Self::Tool { .. } => "tool",
-            Self::Result { .. } => "result",
-            Self::Error { .. } => "error",
-            Self::Cancelled => "cancelled",
-            Self::TurnEnd => "turn_end",
-        }
-    }
-}
-
 /// One logged event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoggedEvent {
@@ -86,16 +70,19 @@ pub struct LoggedEvent {
 }
 
 impl LoggedEvent {
-    /// The SSE frame. The payload goes through a `Value` so its keys come out sorted, exactly as
-    /// the `json!` payloads this log used to store did.
+    /// The SSE frame.
     pub fn frame(&self) -> Bytes {
-        let data = serde_json::to_value(&self.event).expect("an event serializes");
-        Bytes::from(format!(
-            "id: {}\nevent: {}\ndata: {data}\n\n",
-            self.id,
-            self.event.name()
-        ))
+        sse_frame(self.id, &self.event)
     }
+}
+
+/// `id:`, `event:` and `data:` for a payload tagged with its `type`, which is also the event
+/// name, so the two cannot disagree. The payload goes through a `Value`, so its keys come out
+/// sorted, exactly as the `json!` payloads this log used to store did.
+fn sse_frame(id: u64, payload: &impl Serialize) -> Bytes {
+    let data = serde_json::to_value(payload).expect("an event serializes");
+    let name = data["type"].as_str().expect("events are tagged with their type");
+    Bytes::from(format!("id: {id}\nevent: {name}\ndata: {data}\n\n"))
 }
 
 /// A frame about the stream itself rather than the session. Never logged: its `id:` is the
@@ -122,12 +109,7 @@ impl Notice {
 
     /// The SSE frame at `cursor`.
     pub fn frame(self, cursor: u64) -> Bytes {
-        let name = match self {
-            Self::Resync { .. } => "resync",
-            Self::CaughtUp => "caught-up",
-        };
-        let data = serde_json::to_value(self).expect("a notice serializes");
-        Bytes::from(format!("id: {cursor}\nevent: {name}\ndata: {data}\n\n"))
+        sse_frame(cursor, &self)
     }
 }
 
