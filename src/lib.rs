@@ -4,8 +4,11 @@
 //!
 //! Layers and the directions they may depend on: `crd` (API types) ← `policy` (pure decisions,
 //! no I/O, no clock) ← `controller` (observe → decide → act → write status) → `adapters`
-//! (narrow traits over GitHub, T3, CI, notifiers). `sidecar` (axum) depends on `crd`. `config`,
-//! `telemetry` and `metrics` are leaves. `main.rs` only parses the command line and calls `cli::run`.
+//! (narrow traits over GitHub, T3, CI, notifiers). `sidecar` (axum) depends on `crd`,
+//! `adapters::claude` (the CLI its voice and breakglass routes spawn) and `controller::Trigger`
+//! (the channel its webhook feeds). `config`, `telemetry` and `metrics` are leaves. `main.rs` only
+//! parses the command line and calls `cli::run`. Lints for every crate are `[workspace.lints]` in
+//! `Cargo.toml`; unsafe code is forbidden there and here.
 #![forbid(unsafe_code)]
 
 pub mod adapters;

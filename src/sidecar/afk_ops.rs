@@ -4,10 +4,9 @@
 //! tokens and no command ids.
 
 use axum::{
-    Extension, Json,
-    extract::{Path, Query, State},
+    Json,
+    extract::{Path, Query},
     http::StatusCode,
-    response::{IntoResponse, Response},
 };
 use kube::{
     Api, ResourceExt,
@@ -16,7 +15,7 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{SidecarState, auth::Caller, error};
+use super::{Cluster, auth::Caller, error::ApiError, extract::InCluster};
 use crate::crd::{ANSWER_ANNOTATION, AfkConfig, AfkRun, EMERGENCY_STOP_ANNOTATION, Phase, QuestionKind};
 
 /// One run, as the operations view shows it.
@@ -68,46 +67,52 @@ fn view(r: &AfkRun) -> RunView {
     }
 }
 
-fn configs_api(state: &SidecarState, namespace: Option<&str>) -> Option<Api<AfkConfig>> {
-    let c = state.cluster.as_ref()?;
-    Some(match namespace.or(c.namespace.as_deref()) {
-        Some(ns) => Api::namespaced(c.client.clone(), ns),
-        None => Api::all(c.client.clone()),
-    })
+fn configs_api(cluster: &Cluster, namespace: Option<&str>) -> Api<AfkConfig> {
+    match namespace.or(cluster.namespace.as_deref()) {
+        Some(ns) => Api::namespaced(cluster.client.clone(), ns),
+        None => Api::all(cluster.client.clone()),
+    }
 }
 
-fn no_cluster() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "this sidecar runs without a cluster connection (use `afk-operator run`)",
-        "unavailable",
-    )
+fn upstream(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, message, "upstream")
+}
+
+/// One queued issue of an AfkConfig (fields alphabetical: the former `json!` order).
+#[derive(Debug, Serialize)]
+pub struct QueuedView {
+    config: String,
+    issue: u64,
+    priority: Option<u32>,
+    reason: String,
+    repo: String,
+    title: String,
+}
+
+/// Body of `GET /api/afk/runs`: the runs grouped for a phone screen.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunsView {
+    failed_or_blocked: Vec<RunView>,
+    in_progress: Vec<RunView>,
+    queued: Vec<QueuedView>,
+    recently_resolved: Vec<RunView>,
 }
 
 /// `GET /api/afk/runs`.
-pub async fn runs(State(state): State<SidecarState>) -> Response {
-    let Some(c) = state.cluster.as_ref() else {
-        return no_cluster();
-    };
+pub async fn runs(InCluster(c): InCluster) -> Result<Json<RunsView>, ApiError> {
     let runs_api: Api<AfkRun> = match &c.namespace {
         Some(ns) => Api::namespaced(c.client.clone(), ns),
         None => Api::all(c.client.clone()),
     };
     let (runs, configs) = match (
         runs_api.list(&ListParams::default()).await,
-        configs_api(&state, None)
-            .expect("cluster")
-            .list(&ListParams::default())
-            .await,
+        configs_api(&c, None).list(&ListParams::default()).await,
     ) {
         (Ok(r), Ok(c)) => (r.items, c.items),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot list AFK objects");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "cannot read AfkRuns/AfkConfigs from the API server",
-                "upstream",
-            );
+            return Err(upstream("cannot read AfkRuns/AfkConfigs from the API server"));
         }
     };
     let mut in_progress: Vec<&AfkRun> = runs.iter().filter(|r| !r.is_terminal()).collect();
@@ -125,22 +130,29 @@ pub async fn runs(State(state): State<SidecarState>) -> Response {
         })
         .collect();
     failed.sort_by_key(|r| std::cmp::Reverse(finished(r)));
-    let queued: Vec<serde_json::Value> = configs
+    let queued = configs
         .iter()
         .flat_map(|c| {
             let name = c.name_any();
-            c.status.iter().flat_map(|s| s.queue.iter()).map(move |q| {
-                json!({"config": name, "repo": q.repo, "issue": q.issue, "title": q.title, "priority": q.priority, "reason": q.reason})
-            })
+            c.status
+                .iter()
+                .flat_map(|s| s.queue.iter())
+                .map(move |q| QueuedView {
+                    config: name.clone(),
+                    issue: q.issue,
+                    priority: q.priority,
+                    reason: q.reason.clone(),
+                    repo: q.repo.clone(),
+                    title: q.title.clone(),
+                })
         })
         .collect();
-    Json(json!({
-        "inProgress": in_progress.into_iter().map(view).collect::<Vec<_>>(),
-        "queued": queued,
-        "recentlyResolved": resolved.into_iter().take(20).map(view).collect::<Vec<_>>(),
-        "failedOrBlocked": failed.into_iter().take(50).map(view).collect::<Vec<_>>(),
+    Ok(Json(RunsView {
+        failed_or_blocked: failed.into_iter().take(50).map(view).collect(),
+        in_progress: in_progress.into_iter().map(view).collect(),
+        queued,
+        recently_resolved: resolved.into_iter().take(20).map(view).collect(),
     }))
-    .into_response()
 }
 
 /// Body of `POST /api/afk/emergency-stop`.
@@ -161,147 +173,140 @@ pub struct StopTarget {
     namespace: Option<String>,
 }
 
-async fn resolve_config(api: &Api<AfkConfig>, name: Option<String>) -> Result<String, Response> {
+/// Body of the emergency stop's `POST` and `DELETE`.
+#[derive(Debug, Serialize)]
+pub struct StopState {
+    /// The AfkConfig.
+    config: String,
+    /// Whether it is stopped now.
+    stopped: bool,
+}
+
+/// One AfkConfig in `GET /api/afk/emergency-stop` (fields alphabetical: the former `json!` order).
+#[derive(Debug, Serialize)]
+pub struct ConfigStop {
+    config: String,
+    namespace: Option<String>,
+    reason: Option<String>,
+    stopped: bool,
+}
+
+/// Body of `GET /api/afk/emergency-stop`.
+#[derive(Debug, Serialize)]
+pub struct StopStatus {
+    configs: Vec<ConfigStop>,
+}
+
+async fn resolve_config(api: &Api<AfkConfig>, name: Option<String>) -> Result<String, ApiError> {
     // An empty name (a form field left blank) means "not given", never a config called "".
     if let Some(n) = name.filter(|n| !n.trim().is_empty()) {
         return Ok(n);
     }
     match api.list(&ListParams::default()).await {
         Ok(list) if list.items.len() == 1 => Ok(list.items[0].name_any()),
-        Ok(list) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("name the AfkConfig (`config`): {} found", list.items.len()),
-            "invalid_request",
-        )),
-        Err(_) => Err(error(
-            StatusCode::BAD_GATEWAY,
-            "cannot list AfkConfigs",
-            "upstream",
-        )),
+        Ok(list) => Err(ApiError::bad_request(format!(
+            "name the AfkConfig (`config`): {} found",
+            list.items.len()
+        ))),
+        Err(_) => Err(upstream("cannot list AfkConfigs")),
     }
 }
 
-async fn set_annotation(api: &Api<AfkConfig>, name: &str, value: Option<&str>) -> Result<(), Response> {
+async fn set_annotation(api: &Api<AfkConfig>, name: &str, value: Option<&str>) -> Result<(), ApiError> {
     let patch = json!({"metadata": {"annotations": {EMERGENCY_STOP_ANNOTATION: value}}});
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(error(
-            StatusCode::NOT_FOUND,
-            &format!("AfkConfig {name:?} not found"),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(ApiError::not_found(
+            format!("AfkConfig {name:?} not found"),
             "not_found",
         )),
         Err(e) => {
             tracing::warn!(error = %e, "cannot patch AfkConfig");
-            Err(error(
-                StatusCode::BAD_GATEWAY,
-                "cannot update the AfkConfig",
-                "upstream",
-            ))
+            Err(upstream("cannot update the AfkConfig"))
         }
     }
 }
 
 /// `POST /api/afk/emergency-stop`: set the annotation.
 pub async fn stop(
-    State(state): State<SidecarState>,
-    Extension(caller): Extension<Caller>,
+    InCluster(c): InCluster,
+    caller: Caller,
     Json(req): Json<StopRequest>,
-) -> Response {
-    let Some(api) = configs_api(&state, req.namespace.as_deref()) else {
-        return no_cluster();
-    };
+) -> Result<Json<StopState>, ApiError> {
+    let api = configs_api(&c, req.namespace.as_deref());
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 1024 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "`reason` must be 1 to 1024 characters",
-            "invalid_request",
-        );
+        return Err(ApiError::bad_request("`reason` must be 1 to 1024 characters"));
     }
-    let name = match resolve_config(&api, req.config).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = set_annotation(&api, &name, Some(&format!("{reason} (by {})", caller.0))).await {
-        return r;
-    }
+    let name = resolve_config(&api, req.config).await?;
+    set_annotation(&api, &name, Some(&format!("{reason} (by {})", caller.0))).await?;
     tracing::warn!(audit = true, caller = ?caller.0, config = %name, reason, "emergency stop engaged");
-    (StatusCode::OK, Json(json!({"config": name, "stopped": true}))).into_response()
+    Ok(Json(StopState {
+        config: name,
+        stopped: true,
+    }))
 }
 
 /// `DELETE /api/afk/emergency-stop`: remove the annotation.
 pub async fn release(
-    State(state): State<SidecarState>,
-    Extension(caller): Extension<Caller>,
+    InCluster(c): InCluster,
+    caller: Caller,
     Query(target): Query<StopTarget>,
-) -> Response {
-    let Some(api) = configs_api(&state, target.namespace.as_deref()) else {
-        return no_cluster();
-    };
-    let name = match resolve_config(&api, target.config).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = set_annotation(&api, &name, None).await {
-        return r;
-    }
+) -> Result<Json<StopState>, ApiError> {
+    let api = configs_api(&c, target.namespace.as_deref());
+    let name = resolve_config(&api, target.config).await?;
+    set_annotation(&api, &name, None).await?;
     tracing::warn!(audit = true, caller = ?caller.0, config = %name, "emergency stop released");
-    (StatusCode::OK, Json(json!({"config": name, "stopped": false}))).into_response()
+    Ok(Json(StopState {
+        config: name,
+        stopped: false,
+    }))
 }
 
 /// `GET /api/afk/emergency-stop`: which configs are stopped, and why.
-pub async fn status(State(state): State<SidecarState>) -> Response {
-    let Some(api) = configs_api(&state, None) else {
-        return no_cluster();
-    };
-    match api.list(&ListParams::default()).await {
-        Ok(list) => Json(json!({"configs": list.items.iter().map(|c| json!({
-            "config": c.name_any(), "namespace": c.namespace(), "stopped": c.emergency_stop().is_some(), "reason": c.emergency_stop()
-        })).collect::<Vec<_>>()}))
-        .into_response(),
-        Err(_) => error(StatusCode::BAD_GATEWAY, "cannot list AfkConfigs", "upstream"),
-    }
+pub async fn status(InCluster(c): InCluster) -> Result<Json<StopStatus>, ApiError> {
+    let list = configs_api(&c, None)
+        .list(&ListParams::default())
+        .await
+        .map_err(|_| upstream("cannot list AfkConfigs"))?;
+    let configs = list
+        .items
+        .iter()
+        .map(|c| ConfigStop {
+            config: c.name_any(),
+            namespace: c.namespace(),
+            reason: c.emergency_stop().map(str::to_string),
+            stopped: c.emergency_stop().is_some(),
+        })
+        .collect();
+    Ok(Json(StopStatus { configs }))
 }
 
-async fn get_run(
-    state: &SidecarState,
-    namespace: &str,
-    name: &str,
-) -> Result<(Api<AfkRun>, AfkRun), Response> {
-    let Some(c) = state.cluster.as_ref() else {
-        return Err(no_cluster());
-    };
-    let api: Api<AfkRun> = Api::namespaced(c.client.clone(), namespace);
+async fn get_run(cluster: &Cluster, namespace: &str, name: &str) -> Result<(Api<AfkRun>, AfkRun), ApiError> {
+    let api: Api<AfkRun> = Api::namespaced(cluster.client.clone(), namespace);
     match api.get_opt(name).await {
         Ok(Some(run)) => Ok((api, run)),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            &format!("AfkRun {namespace}/{name} not found"),
+        Ok(None) => Err(ApiError::not_found(
+            format!("AfkRun {namespace}/{name} not found"),
             "not_found",
         )),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read AfkRun");
-            Err(error(
-                StatusCode::BAD_GATEWAY,
-                "cannot read the AfkRun",
-                "upstream",
-            ))
+            Err(upstream("cannot read the AfkRun"))
         }
     }
 }
 
 /// `GET /api/afk/runs/{namespace}/{name}`: one run, with what its agent waits on.
 pub async fn run(
-    State(state): State<SidecarState>,
+    InCluster(c): InCluster,
     Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    match get_run(&state, &namespace, &name).await {
-        Ok((_, run)) => Json(view(&run)).into_response(),
-        Err(r) => r,
-    }
+) -> Result<Json<RunView>, ApiError> {
+    let (_, run) = get_run(&c, &namespace, &name).await?;
+    Ok(Json(view(&run)))
 }
 
 /// Body of `POST /api/afk/runs/{namespace}/{name}/answer`: a `decision` for an approval, or
@@ -318,35 +323,31 @@ pub struct AnswerRequest {
 /// `afk.dev/answer` annotation, naming the pending `requestId`); the controller sends it to T3
 /// exactly once and removes the annotation. 202: recorded, not yet sent.
 pub async fn answer(
-    State(state): State<SidecarState>,
-    Extension(caller): Extension<Caller>,
+    InCluster(c): InCluster,
+    caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
     Json(req): Json<AnswerRequest>,
-) -> Response {
-    let (api, run) = match get_run(&state, &namespace, &name).await {
-        Ok(found) => found,
-        Err(r) => return r,
-    };
+) -> Result<(StatusCode, Json<AnswerRecorded>), ApiError> {
+    let (api, run) = get_run(&c, &namespace, &name).await?;
     let Some(question) = run.status.as_ref().and_then(|s| s.question.clone()) else {
-        return error(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the run is not waiting for an answer",
             "not_waiting",
-        );
+        ));
     };
     let mut body = serde_json::Map::new();
     body.insert("id".into(), json!(question.request_id));
-    let invalid = |m: &str| error(StatusCode::BAD_REQUEST, m, "invalid_request");
     match question.kind {
         QuestionKind::Approval => match req.decision.as_deref() {
             Some(d) if crate::adapters::t3::DECISIONS.contains(&d) => {
                 body.insert("decision".into(), json!(d));
             }
             _ => {
-                return invalid(&format!(
+                return Err(ApiError::bad_request(format!(
                     "an approval needs `decision`, one of {}",
                     crate::adapters::t3::DECISIONS.join(", ")
-                ));
+                )));
             }
         },
         QuestionKind::UserInput => match (req.answers, req.text) {
@@ -358,7 +359,9 @@ pub async fn answer(
                             .is_some_and(|l| l.iter().all(serde_json::Value::is_string))
                 };
                 if !answers.iter().all(|(k, v)| known(k) && valid(v)) {
-                    return invalid("`answers` must map the asked question ids to text or lists of labels");
+                    return Err(ApiError::bad_request(
+                        "`answers` must map the asked question ids to text or lists of labels",
+                    ));
                 }
                 body.insert("answers".into(), json!(answers));
             }
@@ -367,7 +370,11 @@ pub async fn answer(
             {
                 body.insert("text".into(), json!(text));
             }
-            _ => return invalid("give `text` (one question, up to 16 KiB) or `answers` by question id"),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give `text` (one question, up to 16 KiB) or `answers` by question id",
+                ));
+            }
         },
     }
     body.insert("by".into(), json!(caller.0));
@@ -379,16 +386,22 @@ pub async fn answer(
         .await
     {
         tracing::warn!(error = %e, "cannot annotate AfkRun");
-        return error(
-            StatusCode::BAD_GATEWAY,
-            "cannot record the answer on the AfkRun",
-            "upstream",
-        );
+        return Err(upstream("cannot record the answer on the AfkRun"));
     }
     tracing::info!(audit = true, caller = ?caller.0, run = %name, request = %question.request_id, "answer recorded");
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"run": name, "requestId": question.request_id, "recorded": true})),
-    )
-        .into_response()
+    let recorded = AnswerRecorded {
+        recorded: true,
+        request_id: question.request_id,
+        run: name,
+    };
+    Ok((StatusCode::ACCEPTED, Json(recorded)))
+}
+
+/// `202` body of the answer route (fields alphabetical: the former `json!` order).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerRecorded {
+    recorded: bool,
+    request_id: String,
+    run: String,
 }

@@ -7,22 +7,35 @@
 use std::{path::PathBuf, sync::Mutex, time::SystemTime};
 
 use axum::{
-    extract::{Request, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderMap, header, request::Parts},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::SidecarState;
+use super::{SidecarState, error::ApiError};
 
 /// The SSO header a trusted proxy (authentik) sets.
 pub const PROXY_USER_HEADER: &str = "x-authentik-username";
 
-/// Who made an authenticated request (for audit logs).
+/// Who made an authenticated request (for audit logs). An extractor: [`require_token`] puts it
+/// on the request; a route outside the guard that asks for it gets a 401, never a guess.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+    }
+}
 
 /// The token file's modification time and the SHA-256 of its token (none when unusable).
 type CachedToken = (Option<SystemTime>, Option<[u8; 32]>);
@@ -65,20 +78,20 @@ impl ApiAuth {
         digest
     }
 
-    /// Check a request's headers; `Ok` carries the caller's name.
-    pub fn check(&self, headers: &HeaderMap) -> Result<Caller, &'static str> {
+    /// Check a request's headers; `Ok` carries the caller's name, `Err` the 401 to answer.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let Some(expected) = self.expected() else {
-            return Err("no API token is configured on the server");
+            return Err(ApiError::unauthorized("no API token is configured on the server"));
         };
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .ok_or("missing bearer token")?;
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         // Hash both sides: equal-length inputs, so the comparison leaks neither content nor length.
         let got: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if !bool::from(got.ct_eq(&expected)) {
-            return Err("invalid bearer token");
+            return Err(ApiError::unauthorized("invalid bearer token"));
         }
         let name = if self.trust_proxy_header {
             headers
@@ -104,23 +117,17 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Middleware guarding `/api/*` (and later `/v1/*`).
-pub async fn require_token(State(state): State<SidecarState>, mut req: Request, next: Next) -> Response {
-    match state.auth.check(req.headers()) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(why) => {
-            let mut response =
-                super::error::ApiError::new(StatusCode::UNAUTHORIZED, why, "unauthorized").into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            response
-        }
-    }
+/// Middleware guarding every authenticated route group: `/api/afk/*`, `/api/breakglass/*` and
+/// the voice gateway's `/v1/*` (see [`super::router`]). A refusal is a 401 [`ApiError`] with
+/// `WWW-Authenticate: Bearer`; an accepted request carries its [`Caller`] as an extension.
+pub async fn require_token(
+    State(state): State<SidecarState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let caller = state.auth.check(req.headers())?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! JSON object, OpenAI's `{"error": {"message", "type", "param", "code"}}`, which the voice
 //! clients already parse and which serves the console and scripts just as well. Handlers return
 //! [`ApiError`]; [`uniform_errors`] rewrites the few responses axum itself produces (plain-text
-//! rejections, empty 404/405) into it, so no route can answer in another shape.
+//! rejections, empty 404/405) into it, so no route can answer in another shape. The extractors
+//! in [`super::extract`] reject with it too, so a handler's error path is `?` or `Err(..)`.
 
 use axum::{
     Json,
@@ -13,6 +14,9 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
+
+use super::turns::TurnFailure;
 
 /// An error answer: status, message for the client, OpenAI `type`, stable `code`, optional `param`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +33,25 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header (429/503).
     pub retry_after: Option<u32>,
+    /// A `WWW-Authenticate` challenge (401).
+    pub challenge: Option<&'static str>,
+}
+
+/// The wire shape: `{"error": {...}}`.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+/// OpenAI's error object. Fields are declared in alphabetical order: that is the order the
+/// `json!` literal this replaced serialized them in, so the bytes on the wire are unchanged.
+#[derive(Debug, Serialize)]
+struct ErrorObject<'a> {
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a str,
 }
 
 impl ApiError {
@@ -47,7 +70,31 @@ impl ApiError {
             code,
             param: None,
             retry_after: None,
+            challenge: None,
         }
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            challenge: Some("Bearer"),
+            ..Self::new(StatusCode::UNAUTHORIZED, message, "unauthorized")
+        }
+    }
+
+    /// 503 `not_configured`: the route's feature is off in this process.
+    pub fn not_configured(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message, "not_configured")
+    }
+
+    /// 404 `code` for an object that does not exist.
+    pub fn not_found(message: impl Into<String>, code: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message, code)
+    }
+
+    /// 400 `invalid_request` without a parameter to blame.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::invalid(message, None)
     }
 
     /// 400 `invalid_request` about `param`.
@@ -95,14 +142,32 @@ impl ApiError {
         self
     }
 
-    /// The JSON body.
+    /// The JSON body as a value.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+        serde_json::to_value(self.wire()).expect("an error body serializes")
+    }
+
+    fn wire(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code,
+                message: &self.message,
+                param: self.param,
+                kind: self.kind,
+            },
+        }
+    }
+}
+
+/// A failed turn, in the voice routes' terms (a 503 says when to retry).
+impl From<&TurnFailure> for ApiError {
+    fn from(failure: &TurnFailure) -> Self {
+        let error = Self::new(failure.status(), failure.message(), failure.code()).kind(failure.kind());
+        if failure.status() == StatusCode::SERVICE_UNAVAILABLE {
+            error.retry_after(5)
+        } else {
+            error
+        }
     }
 }
 
@@ -116,11 +181,13 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(self.body())).into_response();
+        let mut response = (self.status, Json(self.wire())).into_response();
+        let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }
@@ -207,5 +274,41 @@ mod tests {
             .retry_after(2)
             .into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// The bytes clients parse today: keys in the order the former `json!` literal wrote them.
+    #[tokio::test]
+    async fn the_bytes_are_unchanged() {
+        let response = ApiError::invalid("bad \"model\"", Some("model")).into_response();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(
+            bytes,
+            r#"{"error":{"code":"invalid_request","message":"bad \"model\"","param":"model","type":"invalid_request_error"}}"#
+        );
+        let legacy = serde_json::json!({"error": {"message": "m", "type": "server_error", "param": null, "code": "c"}});
+        let now = ApiError::new(StatusCode::BAD_GATEWAY, "m", "c");
+        assert_eq!(serde_json::to_string(&now.wire()).unwrap(), legacy.to_string());
+    }
+
+    #[test]
+    fn unauthorized_carries_the_bearer_challenge() {
+        let r = ApiError::unauthorized("missing bearer token").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn turn_failures_keep_their_voice_shape() {
+        let budget: ApiError = (&TurnFailure::Budget).into();
+        assert_eq!(
+            (budget.status, budget.kind, budget.retry_after),
+            (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", None)
+        );
+        let spawn: ApiError = (&TurnFailure::Spawn).into();
+        assert_eq!(
+            (spawn.status, spawn.kind, spawn.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some(5))
+        );
     }
 }

@@ -7,7 +7,10 @@
 //! controller` serves only the routes that spawn nothing (see [`router`]), so the chart can run
 //! the CLI-spawning ones in a container of their own (memory isolation). Served by a hyper connection loop
 //! (`serve`): HTTP/1.1 only, every wait for a request head bounded by the header-read timeout,
-//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`).
+//! and a shutdown that ends open streams. Errors leave in one JSON shape (`error`); extractors
+//! (`extract`) answer 503/404/400 for handlers, so handlers hold only the happy path. Requests
+//! other than the probes are traced (`tower-http`, at debug level: `--log-filter
+//! tower_http=debug`).
 
 pub mod afk_ops;
 pub mod auth;
@@ -15,6 +18,7 @@ pub mod breakglass;
 pub mod console;
 pub mod conversational;
 pub mod error;
+pub mod extract;
 pub mod openai;
 pub mod pve;
 pub mod turns;
@@ -40,6 +44,11 @@ use axum::{
     routing::{get, post},
 };
 use tokio::net::TcpListener;
+use tower_http::{
+    LatencyUnit,
+    trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
 
 use tokio_util::sync::CancellationToken;
 
@@ -203,7 +212,8 @@ impl SidecarState {
     }
 }
 
-/// An error response in the one shape every sidecar route uses (see [`error::ApiError`]).
+/// An error response in the one shape every sidecar route uses. Handlers return
+/// [`error::ApiError`] instead; this stays for code that builds a `Response` by hand.
 pub fn error(status: StatusCode, message: &str, code: &'static str) -> Response {
     error::ApiError::new(status, message, code).into_response()
 }
@@ -248,16 +258,27 @@ pub fn router(state: SidecarState) -> Router {
     let webhooks = Router::new()
         .route("/webhooks/github", post(webhook::github))
         .layer(DefaultBodyLimit::max(webhook::MAX_BODY));
-    let mut app = Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(afk)
-        .merge(webhooks);
+    let mut app = Router::new().merge(afk).merge(webhooks);
     if state.routes == Routes::All {
         app = app.merge(cli_routes(&state));
     }
-    app.fallback(|| async { error::ApiError::no_route() })
+    // A span per request (method, URI, version: no headers, so no bearer token) and one event
+    // when the response starts, at debug level: silent at the default filter, one flag away when
+    // a request needs explaining. 5xx answers are already logged where they are made. Probes and
+    // scrapes are added after this layer, so they are not traced.
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+        .on_response(
+            DefaultOnResponse::new()
+                .level(Level::DEBUG)
+                .latency_unit(LatencyUnit::Micros),
+        )
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
+    app.layer(trace)
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error::ApiError::no_route() })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .layer(middleware::from_fn(error::uniform_errors))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))

@@ -10,16 +10,16 @@
 use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use axum::{
-    Extension, Json,
+    Json,
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
 use tokio::{io::AsyncReadExt, process::Command, sync::Semaphore};
 
-use super::{SidecarState, auth::Caller, error};
+use super::{SidecarState, auth::Caller, error::ApiError};
 use crate::config::BreakglassArgs;
 
 /// The verbs, in the order the console shows them.
@@ -113,14 +113,43 @@ impl PowerVerbs {
     }
 }
 
+/// Body of `GET /api/breakglass/pve/verbs` (fields alphabetical: the former `json!` order).
+#[derive(Debug, Serialize)]
+pub struct VerbList {
+    /// Whether a target is configured (verbs answer 503 otherwise).
+    pub configured: bool,
+    /// The verbs that need `{"confirm": true}`.
+    pub mutating: [&'static str; 4],
+    /// Every verb, in the console's order.
+    pub verbs: [&'static str; 6],
+}
+
 /// `GET /api/breakglass/pve/verbs`.
-pub async fn verbs(State(state): State<SidecarState>) -> Response {
-    Json(json!({
-        "verbs": VERBS,
-        "mutating": MUTATING,
-        "configured": state.pve.target.is_some(),
-    }))
-    .into_response()
+pub async fn verbs(State(state): State<SidecarState>) -> Json<VerbList> {
+    Json(VerbList {
+        configured: state.pve.target.is_some(),
+        mutating: MUTATING,
+        verbs: VERBS,
+    })
+}
+
+/// Body of a verb that ran (fields alphabetical: the former `json!` order).
+#[derive(Debug, Serialize)]
+pub struct VerbRan {
+    /// Wall time of the ssh process.
+    pub duration_ms: u64,
+    /// Its exit code (none when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Captured stderr (capped).
+    pub stderr: String,
+    /// Captured stdout (capped).
+    pub stdout: String,
+    /// Whether either stream was cut at [`MAX_OUTPUT`].
+    pub truncated: bool,
+    /// The verb.
+    pub verb: &'static str,
 }
 
 /// What a verb produced.
@@ -151,7 +180,7 @@ async fn read_capped(mut reader: impl tokio::io::AsyncRead + Unpin) -> (String, 
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
 }
 
-async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outcome, StatusCode> {
+async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outcome, NotRun> {
     let mut child = Command::new(&pve.program)
         .args(pve.argv(target, verb))
         .env_clear()
@@ -165,7 +194,11 @@ async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outco
         .spawn()
         .map_err(|err| {
             tracing::error!(error = %err, program = %pve.program.display(), "cannot start ssh");
-            StatusCode::SERVICE_UNAVAILABLE
+            NotRun::failed(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ssh could not be started",
+                "ssh_unavailable",
+            ))
         })?;
     let pgid = child.id().map(|p| p as i32);
     let stdout = child.stdout.take();
@@ -203,27 +236,33 @@ async fn run(pve: &PowerVerbs, target: &str, verb: &'static str) -> Result<Outco
             stderr,
             truncated: t1 || t2,
         }),
-        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        Err(_) => Err(NotRun::failed(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the verb took too long and was killed",
+            "timeout",
+        ))),
     }
 }
 
-/// How one call ended, for its audit record.
-struct Audited {
-    response: Response,
-    /// `ran`, `refused`, `failed`, `busy`.
+/// A call that ran no verb to completion: the answer, and the audit `result` (`refused`, `busy`,
+/// `failed`; the audit `reason` is the answer's code — static, never client text).
+struct NotRun {
+    error: ApiError,
     result: &'static str,
-    /// Why, for refusals and failures (a static code, never client text).
-    reason: Option<&'static str>,
-    exit_code: Option<i32>,
 }
 
-impl Audited {
-    fn refused(status: StatusCode, message: &str, code: &'static str) -> Self {
+impl NotRun {
+    fn refused(error: ApiError) -> Self {
         Self {
-            response: error(status, message, code),
+            error,
             result: "refused",
-            reason: Some(code),
-            exit_code: None,
+        }
+    }
+
+    fn failed(error: ApiError) -> Self {
+        Self {
+            error,
+            result: "failed",
         }
     }
 }
@@ -235,34 +274,45 @@ impl Audited {
 pub async fn run_verb(
     State(state): State<SidecarState>,
     Path(raw): Path<String>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let audited = verb_call(&state, &raw, &body).await;
+    let (response, result, reason, exit_code) = match verb_call(&state, &raw, &body).await {
+        Ok((status, ran)) => {
+            let exit_code = ran.exit_code;
+            ((status, Json(ran)).into_response(), "ran", None, exit_code)
+        }
+        Err(NotRun { error, result }) => {
+            let reason = error.code;
+            (error.into_response(), result, Some(reason), None)
+        }
+    };
     let verb: String = raw.chars().take(64).collect();
     tracing::warn!(
         audit = true,
         caller = ?caller.0,
         verb = ?verb,
-        result = audited.result,
-        reason = audited.reason,
-        status = audited.response.status().as_u16(),
-        exit_code = audited.exit_code,
+        result,
+        reason,
+        status = response.status().as_u16(),
+        exit_code,
         duration_ms = started.elapsed().as_millis() as u64,
         "power verb"
     );
-    audited.response
+    response
 }
 
-async fn verb_call(state: &SidecarState, raw: &str, body: &[u8]) -> Audited {
-    let Some(verb) = parse_verb(raw) else {
-        return Audited::refused(
+/// What `{verb}` with `body` asks for, checked in order (verb, body, confirmation, target,
+/// capacity), then run.
+async fn verb_call(state: &SidecarState, raw: &str, body: &[u8]) -> Result<(StatusCode, VerbRan), NotRun> {
+    let verb = parse_verb(raw).ok_or_else(|| {
+        NotRun::refused(ApiError::new(
             StatusCode::BAD_REQUEST,
-            &format!("unknown verb; allowed: {}", VERBS.join(", ")),
+            format!("unknown verb; allowed: {}", VERBS.join(", ")),
             "unknown_verb",
-        );
-    };
+        ))
+    })?;
     let confirm = if body.is_empty() {
         false
     } else {
@@ -271,98 +321,63 @@ async fn verb_call(state: &SidecarState, raw: &str, body: &[u8]) -> Audited {
                 None => false,
                 Some(serde_json::Value::Bool(b)) => *b,
                 Some(_) => {
-                    return Audited::refused(
-                        StatusCode::BAD_REQUEST,
+                    return Err(NotRun::refused(ApiError::bad_request(
                         "`confirm` must be a boolean",
-                        "invalid_request",
-                    );
+                    )));
                 }
             },
             _ => {
-                return Audited::refused(
-                    StatusCode::BAD_REQUEST,
+                return Err(NotRun::refused(ApiError::bad_request(
                     "the body must be a JSON object",
-                    "invalid_request",
-                );
+                )));
             }
         }
     };
     if is_mutating(verb) && !confirm {
-        return Audited::refused(
+        return Err(NotRun::refused(ApiError::new(
             StatusCode::BAD_REQUEST,
-            &format!("`{verb}` changes the machine's power state; send {{\"confirm\": true}}"),
+            format!("`{verb}` changes the machine's power state; send {{\"confirm\": true}}"),
             "confirmation_required",
-        );
+        )));
     }
-    let Some(target) = state.pve.target.clone() else {
-        return Audited::refused(
-            StatusCode::SERVICE_UNAVAILABLE,
+    let target = state.pve.target.clone().ok_or_else(|| {
+        NotRun::refused(ApiError::not_configured(
             "power verbs are not configured (--pve-ssh-target)",
-            "not_configured",
-        );
-    };
+        ))
+    })?;
     // Power verbs are rare and human-driven; a burst of them is refused, not queued.
     let Ok(_slot) = state.pve.running.clone().try_acquire_owned() else {
-        let mut response = error(
+        let error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "power verbs are already running; retry when they finished",
             "busy",
-        );
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("5"),
-        );
-        return Audited {
-            response,
+        )
+        .retry_after(5);
+        return Err(NotRun {
+            error,
             result: "busy",
-            reason: Some("busy"),
-            exit_code: None,
-        };
+        });
     };
     let started = std::time::Instant::now();
-    let outcome = run(&state.pve, &target, verb).await;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    match outcome {
-        Ok(outcome) => {
-            // ssh itself exits 255 when it cannot connect or authenticate.
-            let status = if outcome.code == Some(255) {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::OK
-            };
-            Audited {
-                response: (
-                    status,
-                    Json(json!({
-                        "verb": verb,
-                        "ok": outcome.code == Some(0),
-                        "exit_code": outcome.code,
-                        "stdout": outcome.stdout,
-                        "stderr": outcome.stderr,
-                        "truncated": outcome.truncated,
-                        "duration_ms": duration_ms,
-                    })),
-                )
-                    .into_response(),
-                result: "ran",
-                reason: None,
-                exit_code: outcome.code,
-            }
-        }
-        Err(status) => {
-            let (message, code) = if status == StatusCode::GATEWAY_TIMEOUT {
-                ("the verb took too long and was killed", "timeout")
-            } else {
-                ("ssh could not be started", "ssh_unavailable")
-            };
-            Audited {
-                response: error(status, message, code),
-                result: "failed",
-                reason: Some(code),
-                exit_code: None,
-            }
-        }
-    }
+    let outcome = run(&state.pve, &target, verb).await?;
+    // ssh itself exits 255 when it cannot connect or authenticate.
+    let status = if outcome.code == Some(255) {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        VerbRan {
+            duration_ms: started.elapsed().as_millis() as u64,
+            exit_code: outcome.code,
+            ok: outcome.code == Some(0),
+            stderr: outcome.stderr,
+            stdout: outcome.stdout,
+            truncated: outcome.truncated,
+            verb,
+        },
+    ))
 }
 
 #[cfg(test)]
