@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use super::{Error, Settings};
 use crate::{
     adapters::{
-        AdapterError, Secret, SecretSource,
+        AdapterError, AdapterErrorKind, Secret, SecretSource,
         github::{GitHubClient, GitHubOptions, Tracker},
         github_app::{GitHubAppToken, HttpTokenExchange, check_private_key},
         notify::{Notifier, NtfyNotifier, SlackNotifier},
@@ -45,7 +45,7 @@ impl SecretSource for SharedSecret {
             .read()
             .expect("secret lock")
             .clone()
-            .ok_or_else(|| AdapterError::permanent("secret_unloaded", "secret not loaded yet"))
+            .ok_or_else(|| AdapterError::permanent(AdapterErrorKind::SecretUnloaded, "secret not loaded yet"))
     }
 }
 
