@@ -13,7 +13,7 @@ use std::{
 use kube::{Api, Client, api::ListParams, config::KubeConfigOptions};
 
 use crate::{
-    config::{Cli, Command, RunArgs},
+    args::{Cli, Command, RunArgs},
     controller,
     crd::{self, AfkConfig},
     sidecar, telemetry,
@@ -243,7 +243,7 @@ fn hostname() -> String {
 }
 
 /// Load and validate the agent definitions; a broken one is a configuration error.
-fn load_agents(args: &crate::config::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
+fn load_agents(args: &crate::args::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
     match &args.agents_dir {
         Some(dir) => crate::agents::Agents::load_dir(dir),
         None => crate::agents::Agents::embedded(),

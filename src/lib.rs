@@ -10,8 +10,8 @@
 
 pub mod adapters;
 pub mod agents;
+pub mod args;
 pub mod cli;
-pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod metrics;

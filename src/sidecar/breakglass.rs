@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     adapters::claude::{AgentCli, AgentSpec, SessionMode, TurnRequest},
-    config::BreakglassArgs,
+    args::BreakglassArgs,
     metrics::Metrics,
 };
 

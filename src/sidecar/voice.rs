@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     adapters::claude::{AgentCli, AgentSpec, SessionMode, TurnRequest},
-    config::VoiceArgs,
+    args::VoiceArgs,
     metrics::Metrics,
 };
 
