@@ -6,6 +6,7 @@
 pub mod claude;
 pub mod github;
 pub mod github_app;
+pub mod memory;
 pub mod notify;
 pub mod retry;
 pub mod rollout;

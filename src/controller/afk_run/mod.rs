@@ -16,6 +16,8 @@ mod answer;
 mod effects;
 mod observe;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Duration};
 
