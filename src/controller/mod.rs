@@ -8,15 +8,13 @@ mod adapters;
 mod afk_config;
 mod afk_run;
 mod leader;
+mod start;
 mod status;
 mod triggers;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -34,6 +32,7 @@ use kube::{
 
 pub use adapters::{AdapterCache, Adapters, SharedSecret};
 pub use leader::{LeaderElection, LeaseSettings};
+pub use start::{LEASE_DURATION, LEASE_RENEW_EVERY, Leadership, Readiness, run_until_shutdown};
 
 use crate::{
     adapters::AdapterError,
@@ -314,14 +313,16 @@ pub enum Trigger {
     Run(ObjectRef<AfkRun>),
 }
 
-/// Run both controllers until `shutdown` resolves.
+/// Run both controllers until `shutdown` resolves; `ready` turns true once both watches have
+/// synced. [`run_until_shutdown`] is the process's way in (leader election included).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
-    ready: Arc<AtomicBool>,
+    ready: impl Into<Readiness>,
     trigger: tokio::sync::broadcast::Receiver<Trigger>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let ready = ready.into();
     let client = ctx.client.clone();
     let (configs, runs): (Api<AfkConfig>, Api<AfkRun>) = match &namespace {
         Some(ns) => (
@@ -330,13 +331,8 @@ pub async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stop_token = tokio_util::sync::CancellationToken::new();
+    let stop = || stop_token.clone().cancelled_owned();
 
     // Status writes (lastPollTime) must not re-trigger a poll: only spec (generation) and
     // annotation (emergency stop) changes do. Runs and webhooks trigger through their own paths.
@@ -399,7 +395,7 @@ pub async fn run(
                 .await
                 .is_err()
             {}
-            ready.store(true, Ordering::SeqCst);
+            ready.set(true);
             tracing::info!("watches synced; ready");
         }
     };
@@ -410,11 +406,13 @@ pub async fn run(
     let runs_fut = run_controller
         .run(afk_run::reconcile, error_policy::<AfkRun>, ctx.clone())
         .for_each(|_| async {});
-    tokio::spawn(async move {
+    let on_shutdown = stop_token.clone();
+    let forward = tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        on_shutdown.cancel();
     });
     let readiness = tokio::spawn(readiness);
     tokio::join!(configs_fut, runs_fut);
     readiness.abort();
+    forward.abort();
 }
