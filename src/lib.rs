@@ -4,8 +4,10 @@
 //!
 //! Layers and the directions they may depend on: `crd` (API types) ← `policy` (pure decisions,
 //! no I/O, no clock) ← `controller` (observe → decide → act → write status) → `adapters`
-//! (narrow traits over GitHub, T3, CI, notifiers). `sidecar` (axum) depends on `crd`. `config`,
-//! `telemetry` and `metrics` are leaves. `main.rs` only parses the command line and calls `cli::run`.
+//! (narrow traits over GitHub, T3, CI, notifiers). `sidecar` (axum) names of the controllers only
+//! their `Trigger`. `args` (the clap tree), `agents` and `metrics` are leaves. The full matrix is in
+//! `docs/architecture.md` and `tests/layering.rs` enforces it. `main.rs` only parses the command
+//! line and calls `cli::run`.
 #![forbid(unsafe_code)]
 
 pub mod adapters;

@@ -407,6 +407,46 @@ mod tests {
     }
 
     #[test]
+    fn kinds_keep_their_spelling_and_round_trip() {
+        let spelled: Vec<&str> = AdapterErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            spelled,
+            [
+                "transport",
+                "decode",
+                "rate_limited",
+                "secondary_rate_limit",
+                "server_error",
+                "auth",
+                "forbidden",
+                "not_found",
+                "gone",
+                "validation",
+                "rejected",
+                "schema_rejected",
+                "invalid_request",
+                "invalid_command",
+                "unsupported_media_type",
+                "dispatch_rejected",
+                "unexpected_status",
+                "secret_unloaded",
+                "secret_unreadable",
+                "secret_empty",
+                "project_retry",
+            ],
+            "metric labels and Event reasons must not change"
+        );
+        for kind in AdapterErrorKind::ALL {
+            assert_eq!(AdapterErrorKind::from_label(kind.as_str()), kind);
+            assert_eq!(AdapterError::permanent(kind, "x").error_kind(), kind);
+        }
+        assert_eq!(AdapterErrorKind::from_label("x"), AdapterErrorKind::Other("x"));
+        assert!(AdapterErrorKind::RateLimited.is_expected());
+        assert!(!AdapterErrorKind::SecondaryRateLimit.is_expected());
+        assert!(!AdapterErrorKind::DispatchRejected.is_transient());
+    }
+
+    #[test]
     fn display_carries_class_kind_and_status() {
         let e = AdapterError::permanent("auth", "t3: unauthorized").with_status(401);
         assert_eq!(e.to_string(), "t3: unauthorized (permanent auth, HTTP 401)");

@@ -142,13 +142,19 @@ impl Context {
             .saturating_mul(2u32.saturating_pow(*n - 1))
             .min(self.settings.max_backoff);
         let base = hint.map_or(base, |h| h.max(base).min(self.settings.max_backoff));
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = 0.8 + f64::from(nanos % 400) / 1000.0;
-        base.mul_f64(jitter)
+        jittered(base, 20)
     }
+}
+
+/// `period` spread by up to ±`percent` % (the clock's sub-second nanos as the randomness), so
+/// objects that woke together do not stay in step.
+fn jittered(period: Duration, percent: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let low = 1.0 - f64::from(percent) / 100.0;
+    period.mul_f64(low + f64::from(nanos % (percent * 20).max(1)) / 1000.0)
 }
 
 /// Why a reconcile failed.

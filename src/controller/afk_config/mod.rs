@@ -19,7 +19,7 @@ use kube::{
     runtime::controller::Action,
 };
 
-use super::{Adapters, BackoffKey, Context, Error, status::apply_status};
+use super::{Adapters, BackoffKey, Context, Error, jittered, status::apply_status};
 use crate::{
     crd::{
         AfkConfig, AfkConfigStatus, AfkRun, Phase, RateLimitStatus,
@@ -100,17 +100,9 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     poll.ctx.reset_backoff(&BackoffKey::of(poll.config.as_ref()));
     Ok(match poll_interval {
         Err(_) => Action::await_change(),
-        Ok(d) if retry_soon => Action::requeue(jittered(d.min(Duration::from_secs(30)))),
-        Ok(d) => Action::requeue(jittered(d)),
+        Ok(d) if retry_soon => Action::requeue(jittered(d.min(Duration::from_secs(30)), 10)),
+        Ok(d) => Action::requeue(jittered(d, 10)),
     })
-}
-
-fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(0.9 + f64::from(nanos % 200) / 1000.0)
 }
 
 impl ConfigPoll {

@@ -19,7 +19,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,7 +31,7 @@ use kube::{
     },
 };
 
-use super::{Adapters, BackoffKey, Context, Error, status::apply_status};
+use super::{Adapters, BackoffKey, Context, Error, jittered, status::apply_status};
 use crate::{
     crd::{AfkConfig, AfkRun, AfkRunStatus, Phase, RUN_FINALIZER, RepoEntry, condition::reasons},
     policy::run_decision::{self, Budgets, RunAction},
@@ -129,7 +129,7 @@ impl RunReconcile {
             return Ok(Action::await_change());
         }
         self.live_effects(after != before).await?;
-        Ok(Action::requeue(jittered(self.ctx.settings.run_requeue)))
+        Ok(Action::requeue(jittered(self.ctx.settings.run_requeue, 10)))
     }
 
     /// Carry out the decision's action.
@@ -165,15 +165,6 @@ impl RunReconcile {
             }
         }
     }
-}
-
-/// The requeue period, spread ±10 % so runs dispatched together do not wake together.
-fn jittered(period: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    period.mul_f64(0.9 + f64::from(nanos % 200) / 1000.0)
 }
 
 async fn apply(cached: Arc<AfkRun>, ctx: Arc<Context>, api: Api<AfkRun>) -> Result<Action, Error> {
