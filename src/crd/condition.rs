@@ -87,8 +87,49 @@ pub mod reasons {
     pub const ANSWERED: &str = "Answered";
     /// The AfkRun was deleted by a human (a cancel).
     pub const DELETED: &str = "Deleted";
-    /// Every AfkRun reason above (Argo CD shows each with its phase).
-    pub const RUN: [&str; 9] = [
+    // AfkRun `status.reason` from the decision table (`policy::run_decision`). A run that is
+    // simply in a phase has the phase's name as its reason.
+    /// Waiting to be dispatched.
+    pub const PENDING: &str = "Pending";
+    /// The task is being sent to the executor.
+    pub const DISPATCHING: &str = "Dispatching";
+    /// The agent is working.
+    pub const WORKING: &str = "Working";
+    /// CI is being followed for the pushed commit.
+    pub const VERIFYING: &str = "Verifying";
+    /// A corrective turn is running.
+    pub const FIXING_FORWARD: &str = "FixingForward";
+    /// The commit is green.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A human cancelled the run.
+    pub const CANCELLED: &str = "Cancelled";
+    /// The run is already terminal; nothing to decide.
+    pub const TERMINAL: &str = "Terminal";
+    /// The run was never dispatched.
+    pub const NOT_DISPATCHED: &str = "NotDispatched";
+    /// The agent waits on an approval or a question.
+    pub const AGENT_ASKED_FOR_INPUT: &str = "AgentAskedForInput";
+    /// The agent's turn ended without a commit for the run.
+    pub const AGENT_FINISHED_WITHOUT_PUSH: &str = "AgentFinishedWithoutPush";
+    /// The agent's turn ended in an error.
+    pub const AGENT_TURN_FAILED: &str = "AgentTurnFailed";
+    /// The agent's turn was interrupted.
+    pub const AGENT_INTERRUPTED: &str = "AgentInterrupted";
+    /// The turn never started.
+    pub const TURN_NEVER_STARTED: &str = "TurnNeverStarted";
+    /// The executor's session stopped.
+    pub const SESSION_STOPPED: &str = "SessionStopped";
+    /// Nothing moved for longer than the stall timeout (also `Armed=False` while stalled).
+    pub const STALLED: &str = "Stalled";
+    /// The turn ended; waiting for the push to show up.
+    pub const AWAITING_PUSH: &str = "AwaitingPush";
+    /// The executor does not show the thread (yet).
+    pub const EXECUTOR_UNKNOWN: &str = "ExecutorUnknown";
+    /// The fix-forward attempts or time are spent.
+    pub const FIX_FORWARD_BUDGET_EXHAUSTED: &str = "FixForwardBudgetExhausted";
+
+    /// Every AfkRun reason (Argo CD shows each with its phase).
+    pub const RUN: [&str; 30] = [
         CONFIG_NOT_FOUND,
         INVALID_SPEC,
         REFERENCE_ERROR,
@@ -98,6 +139,27 @@ pub mod reasons {
         WAITING_FOR_ANSWER,
         ANSWERED,
         DELETED,
+        SUSPENDED,
+        EMERGENCY_STOP,
+        PENDING,
+        DISPATCHING,
+        WORKING,
+        VERIFYING,
+        FIXING_FORWARD,
+        SUCCEEDED,
+        CANCELLED,
+        TERMINAL,
+        NOT_DISPATCHED,
+        AGENT_ASKED_FOR_INPUT,
+        AGENT_FINISHED_WITHOUT_PUSH,
+        AGENT_TURN_FAILED,
+        AGENT_INTERRUPTED,
+        TURN_NEVER_STARTED,
+        SESSION_STOPPED,
+        STALLED,
+        AWAITING_PUSH,
+        EXECUTOR_UNKNOWN,
+        FIX_FORWARD_BUDGET_EXHAUSTED,
     ];
 }
 

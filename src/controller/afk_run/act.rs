@@ -118,7 +118,7 @@ impl RunReconcile {
         self.status.started_at.get_or_insert(self.time());
         self.set_phase(
             Phase::Dispatching,
-            Phase::Dispatching.as_str(),
+            reasons::DISPATCHING,
             "sending the task to the executor",
         );
         Ok(())
@@ -201,7 +201,7 @@ impl RunReconcile {
                     intent.sent_at = Some(now);
                 }
                 status.phase = Some(Phase::Working);
-                status.reason = Some(Phase::Working.as_str().into());
+                status.reason = Some(reasons::WORKING.into());
                 status.message = Some("the agent is working".into());
             })
             .await?;

@@ -14,7 +14,7 @@ use crate::{
     controller::Error,
     crd::{
         Phase,
-        condition::{Conditions, Status, types},
+        condition::{Conditions, Status, reasons, types},
     },
     metrics,
     policy::{
@@ -34,11 +34,7 @@ impl RunReconcile {
     /// A new run gets its first phase on record.
     pub(super) async fn settle_phase(&mut self) -> Result<(), Error> {
         if self.status.phase.is_none() {
-            self.set_phase(
-                Phase::Pending,
-                Phase::Pending.as_str(),
-                "waiting to be dispatched",
-            );
+            self.set_phase(Phase::Pending, reasons::PENDING, "waiting to be dispatched");
             self.save().await?;
         }
         Ok(())
