@@ -94,9 +94,9 @@ async fn main() {
     let as_process = std::env::args().any(|a| a == "--process");
     println!("afk_loop bench: {repos} repos, {runs_n} runs, runs looked at every {requeue}s while waiting");
     if let Ok(filter) = std::env::var("AFK_LOG") {
-        afk_operator::telemetry::init(&afk_operator::config::LogArgs {
+        afk_operator::telemetry::init(&afk_operator::args::LogArgs {
             log_filter: filter,
-            log_format: afk_operator::config::LogFormat::Plain,
+            log_format: afk_operator::args::LogFormat::Plain,
         });
     }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use afk_operator::{
-    config::SidecarArgs,
+    args::SidecarArgs,
     crd,
     metrics::Metrics,
     sidecar::{Cluster, SidecarState, router},

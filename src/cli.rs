@@ -1,19 +1,13 @@
 //! What each subcommand does, and how failures become exit codes: 2 for bad configuration or
 //! usage (as clap does), 1 for a failure at run time. Every failure is one clear line on stderr.
 
-use std::{
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use kube::{Api, Client, api::ListParams, config::KubeConfigOptions};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Cli, Command, RunArgs},
+    args::{Cli, Command, RunArgs},
     controller,
     crd::{self, AfkConfig},
     sidecar, telemetry,
@@ -116,24 +110,18 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         "connected; CRDs installed"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let is_stopped = {
-        let rx = stop_rx.clone();
-        move || *rx.borrow()
-    };
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+    // One shutdown token: SIGINT/SIGTERM cancels it; the sidecar and the controllers stop on it.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
         async move {
-            let _ = rx.wait_for(|s| *s).await;
+            shutdown_signal().await;
+            shutdown.cancel();
         }
-    };
+    });
 
     let metrics = crate::metrics::Metrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = controller::Readiness::new();
     let (trigger, _) = tokio::sync::broadcast::channel(64);
     let cluster = sidecar::Cluster {
         client: client.clone(),
@@ -143,12 +131,16 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
     let state = sidecar::SidecarState::new(
         &args.sidecar,
         &agents,
-        ready.clone(),
+        readiness.shared(),
         metrics.clone(),
         Some(cluster),
     )
     .with_routes(args.routes);
-    let sidecar_task = tokio::spawn(sidecar::serve(args.sidecar.clone(), state, stopped()));
+    let sidecar_task = tokio::spawn(sidecar::serve(
+        args.sidecar.clone(),
+        state,
+        shutdown.clone().cancelled_owned(),
+    ));
 
     let settings = controller::Settings {
         run_requeue: Duration::from_secs(args.run_requeue_secs),
@@ -157,63 +149,35 @@ async fn run_operator(args: RunArgs) -> Result<(), StartupError> {
         ..controller::Settings::default()
     };
     let ctx = Arc::new(controller::Context::new(
-        client.clone(),
+        client,
         Arc::new(agents),
         metrics,
         settings,
     ));
-    if args.leader_election {
-        let identity = args.identity.clone().unwrap_or_else(hostname);
-        let lease = controller::LeaseSettings {
+    let leadership = if args.leader_election {
+        controller::Leadership::Elected(controller::LeaseSettings {
             name: args.lease_name.clone(),
             namespace: args
                 .lease_namespace
                 .clone()
                 .or_else(|| args.namespace.clone())
                 .unwrap_or_else(|| "default".into()),
-            identity,
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        };
-        let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(controller::LeaderElection::new(client, lease).run(leading_tx));
-        // A standby serves the sidecar and is ready; only the leader reconciles.
-        ready.store(true, Ordering::SeqCst);
-        loop {
-            tokio::select! {
-                _ = leading_rx.wait_for(|l| *l) => {}
-                () = stopped() => break,
-            }
-            tracing::info!("leading: starting controllers");
-            ready.store(false, Ordering::SeqCst);
-            let mut lost = leading_rx.clone();
-            let lost = async move {
-                let _ = lost.wait_for(|l| !*l).await;
-            };
-            let stop = stopped();
-            let end = async move {
-                tokio::select! {
-                    () = lost => {}
-                    () = stop => {}
-                }
-            };
-            controller::run(
-                ctx.clone(),
-                args.namespace.clone(),
-                ready.clone(),
-                trigger.subscribe(),
-                end,
-            )
-            .await;
-            ready.store(true, Ordering::SeqCst);
-            if is_stopped() {
-                break;
-            }
-            tracing::warn!("leadership lost: controllers stopped; standing by");
-        }
+            identity: args.identity.clone().unwrap_or_else(hostname),
+            lease_duration: controller::LEASE_DURATION,
+            renew_every: controller::LEASE_RENEW_EVERY,
+        })
     } else {
-        controller::run(ctx, args.namespace.clone(), ready, trigger.subscribe(), stopped()).await;
-    }
+        controller::Leadership::Always
+    };
+    controller::run_until_shutdown(
+        ctx,
+        args.namespace.clone(),
+        readiness,
+        trigger,
+        leadership,
+        shutdown,
+    )
+    .await;
     sidecar_task
         .await
         .map_err(|e| StartupError::Runtime(format!("sidecar task: {e}")))?
@@ -243,7 +207,7 @@ fn hostname() -> String {
 }
 
 /// Load and validate the agent definitions; a broken one is a configuration error.
-fn load_agents(args: &crate::config::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
+fn load_agents(args: &crate::args::SidecarArgs) -> Result<crate::agents::Agents, StartupError> {
     match &args.agents_dir {
         Some(dir) => crate::agents::Agents::load_dir(dir),
         None => crate::agents::Agents::embedded(),

@@ -6,6 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = afk_operator::config::Cli::parse();
+    let cli = afk_operator::args::Cli::parse();
     afk_operator::cli::run(cli)
 }

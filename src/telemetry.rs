@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::{LogArgs, LogFormat};
+use crate::args::{LogArgs, LogFormat};
 
 /// Install the global subscriber. An invalid filter is reported and replaced by `info`.
 pub fn init(args: &LogArgs) {

@@ -245,3 +245,35 @@ fn config_progressing_ready_and_healthy() {
         ("Healthy".into(), "Armed; 2 in flight, 5 queued".into())
     );
 }
+
+#[test]
+fn config_script_degrades_for_every_fault_reason_the_operator_writes() {
+    let disarm = lua_table_keys(AFKCONFIG_SCRIPT, "disarmed");
+    let verdicts: Vec<(&str, bool, String)> = reasons::CONFIG_FAULTS
+        .iter()
+        .map(|reason| {
+            let c = conditions(Status::False, reason, "to fix");
+            (
+                *reason,
+                disarm.contains(*reason),
+                config_health(&config_object(1, 1, c)).0,
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, bool, String)> = reasons::CONFIG_FAULTS
+        .iter()
+        .map(|reason| (*reason, false, "Degraded".to_string()))
+        .collect();
+    assert_eq!(verdicts, expected, "(reason, in the Lua disarm table, verdict)");
+}
+
+#[test]
+fn run_script_shows_every_run_reason_with_every_phase() {
+    for phase in Phase::ALL {
+        for reason in reasons::RUN {
+            let (status, message) = run_health(&run_object(phase, None, Some(reason)));
+            assert_eq!(status, expected_verdict(phase), "{} / {reason}", phase.as_str());
+            assert_eq!(message, format!("{}: {reason}", phase.as_str()));
+        }
+    }
+}

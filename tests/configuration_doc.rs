@@ -1,7 +1,7 @@
 //! `docs/configuration.md` is generated from the clap definitions, so it cannot drift from the
 //! flags the binary accepts. `UPDATE_DOCS=1 cargo test --test configuration_doc` rewrites it.
 
-use afk_operator::config::Cli;
+use afk_operator::args::Cli;
 use clap::CommandFactory;
 
 fn table(cmd: &clap::Command) -> String {

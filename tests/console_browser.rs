@@ -21,7 +21,7 @@ use std::time::Duration;
 use afk_operator::{
     adapters::claude::ClaudeCli,
     agents::Agents,
-    config::SidecarArgs,
+    args::SidecarArgs,
     crd,
     metrics::Metrics,
     sidecar::{self, Cluster, SidecarState},

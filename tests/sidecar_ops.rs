@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 
 use afk_operator::controller::Trigger;
 use afk_operator::{
-    config::{Routes, SidecarArgs},
+    args::{Routes, SidecarArgs},
     crd,
     metrics::Metrics,
     sidecar::{Cluster, SidecarState, router},

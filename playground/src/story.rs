@@ -274,7 +274,7 @@ pub async fn play(o: Options) -> Result<(), String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let cli = afk_operator::config::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+    let cli = afk_operator::args::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
     let operator = std::thread::Builder::new()
         .name("afk-operator".into())
         .spawn(move || afk_operator::cli::run(cli))

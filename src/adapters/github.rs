@@ -20,7 +20,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::{AdapterError, Secret, SecretSource, http_client, retry_after, snippet};
+use super::{AdapterError, AdapterErrorKind, Secret, SecretSource, http_client, retry_after, snippet};
 use crate::crd::Permission;
 
 /// An open issue carrying the ready label.
@@ -269,7 +269,10 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
 }
 
 fn decode_err(what: &str) -> AdapterError {
-    AdapterError::permanent("decode", format!("github: unexpected shape of {what}"))
+    AdapterError::permanent(
+        AdapterErrorKind::Decode,
+        format!("github: unexpected shape of {what}"),
+    )
 }
 
 impl GitHubClient {
@@ -332,7 +335,7 @@ impl GitHubClient {
         {
             let wait = Duration::try_from(until.duration_since(now)).unwrap_or(Duration::from_secs(1));
             return Err(AdapterError::transient(
-                "rate_limited",
+                AdapterErrorKind::RateLimited,
                 format!("{target}: holding back until GitHub's retry-after passes"),
             )
             .with_retry_after(Some(wait)));
@@ -345,7 +348,7 @@ impl GitHubClient {
                 let wait =
                     Duration::try_from(rate.reset.duration_since(now)).unwrap_or(Duration::from_secs(60));
                 return Err(AdapterError::transient(
-                    "rate_limited",
+                    AdapterErrorKind::RateLimited,
                     format!("{target}: rate limit spent until reset"),
                 )
                 .with_retry_after(Some(wait)));
@@ -459,7 +462,7 @@ impl GitHubClient {
                     err.message
                 );
             }
-            if matches!(err.kind, "rate_limited" | "secondary_rate_limit")
+            if err.error_kind().is_rate_limit()
                 && let Some(wait) = err.retry_after
                 && let Ok(wait) = jiff::SignedDuration::try_from(wait)
             {
@@ -541,22 +544,37 @@ pub fn classify(target: &str, status: u16, headers: &header::HeaderMap, body: &s
         .and_then(|s| Timestamp::from_second(s).ok())
         .map(|reset| Duration::try_from(reset.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
     let err = match status {
-        403 | 429 if remaining_zero => {
-            AdapterError::transient("rate_limited", format!("{target}: primary rate limit exceeded"))
-                .with_retry_after(after.or(reset_wait))
-        }
+        403 | 429 if remaining_zero => AdapterError::transient(
+            AdapterErrorKind::RateLimited,
+            format!("{target}: primary rate limit exceeded"),
+        )
+        .with_retry_after(after.or(reset_wait)),
         403 | 429 if after.is_some() || message.to_ascii_lowercase().contains("secondary rate limit") => {
-            AdapterError::transient("secondary_rate_limit", format!("{target}: secondary rate limit"))
-                .with_retry_after(after.or(Some(Duration::from_secs(60))))
+            AdapterError::transient(
+                AdapterErrorKind::SecondaryRateLimit,
+                format!("{target}: secondary rate limit"),
+            )
+            .with_retry_after(after.or(Some(Duration::from_secs(60))))
         }
-        429 => AdapterError::transient("rate_limited", format!("{target}: too many requests")),
-        401 => AdapterError::permanent("auth", format!("{target}: bad credentials")),
-        403 => AdapterError::permanent("forbidden", format!("{target}: forbidden ({message})")),
-        404 => AdapterError::permanent("not_found", format!("{target}: not found")),
-        410 => AdapterError::permanent("gone", format!("{target}: gone")),
-        422 => AdapterError::permanent("validation", format!("{target}: rejected ({message})")),
-        500..=599 => AdapterError::transient("server_error", format!("{target}: server error")),
-        _ => AdapterError::permanent("unexpected_status", format!("{target}: {message}")),
+        429 => AdapterError::transient(
+            AdapterErrorKind::RateLimited,
+            format!("{target}: too many requests"),
+        ),
+        401 => AdapterError::permanent(AdapterErrorKind::Auth, format!("{target}: bad credentials")),
+        403 => AdapterError::permanent(
+            AdapterErrorKind::Forbidden,
+            format!("{target}: forbidden ({message})"),
+        ),
+        404 => AdapterError::permanent(AdapterErrorKind::NotFound, format!("{target}: not found")),
+        410 => AdapterError::permanent(AdapterErrorKind::Gone, format!("{target}: gone")),
+        422 => AdapterError::permanent(
+            AdapterErrorKind::Validation,
+            format!("{target}: rejected ({message})"),
+        ),
+        500..=599 => {
+            AdapterError::transient(AdapterErrorKind::ServerError, format!("{target}: server error"))
+        }
+        _ => AdapterError::permanent(AdapterErrorKind::UnexpectedStatus, format!("{target}: {message}")),
     };
     err.with_status(status)
 }

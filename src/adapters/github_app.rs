@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    AdapterError, Secret, SecretSource,
+    AdapterError, AdapterErrorKind, Secret, SecretSource,
     github::{TokenMint, classify},
     http_client,
 };
@@ -121,8 +121,12 @@ impl TokenExchange for HttpTokenExchange {
             }
             return Err(err);
         }
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|_| AdapterError::permanent("decode", format!("{target}: response is not JSON")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| {
+            AdapterError::permanent(
+                AdapterErrorKind::Decode,
+                format!("{target}: response is not JSON"),
+            )
+        })?;
         let token = v.get("token").and_then(Value::as_str).filter(|t| !t.is_empty());
         let expires_at = v
             .get("expires_at")
@@ -134,7 +138,7 @@ impl TokenExchange for HttpTokenExchange {
                 expires_at,
             }),
             _ => Err(AdapterError::permanent(
-                "decode",
+                AdapterErrorKind::Decode,
                 format!("{target}: unexpected shape (no token or expires_at)"),
             )),
         }
@@ -160,7 +164,7 @@ pub fn app_jwt(private_key_pem: &Secret, app_id: u64, now: Timestamp) -> Result<
         .map(Secret::new)
         .map_err(|e| {
             AdapterError::permanent(
-                "auth",
+                AdapterErrorKind::Auth,
                 format!("github app: the JWT could not be signed ({:?})", e.kind()),
             )
         })
@@ -170,7 +174,7 @@ fn parse_private_key(pem: &Secret) -> Result<EncodingKey, AdapterError> {
     // The parser's error is not echoed: it could quote key material.
     EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|_| {
         AdapterError::permanent(
-            "auth",
+            AdapterErrorKind::Auth,
             "github app: the private key is not an RSA private key in PEM form (download a new one from the App's settings)",
         )
     })
@@ -270,7 +274,10 @@ impl SecretSource for GitHubAppToken {
             .as_ref()
             .map(|t| t.token.clone())
             .ok_or_else(|| {
-                AdapterError::permanent("secret_unloaded", "github app: no installation token minted yet")
+                AdapterError::permanent(
+                    AdapterErrorKind::SecretUnloaded,
+                    "github app: no installation token minted yet",
+                )
             })
     }
 }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    AdapterError, SecretSource, http_client,
+    AdapterError, AdapterErrorKind, SecretSource, http_client,
     retry::{RetryPolicy, retry_transient},
     retry_after,
 };
@@ -40,11 +40,16 @@ pub trait Notifier: Send + Sync {
 
 fn classify(target: &str, status: u16, headers: &reqwest::header::HeaderMap) -> AdapterError {
     let err = match status {
-        429 => AdapterError::transient("rate_limited", format!("{target}: rate limited")),
-        500..=599 => AdapterError::transient("server_error", format!("{target}: server error")),
-        401 | 403 => AdapterError::permanent("auth", format!("{target}: not authorized")),
-        404 | 410 => AdapterError::permanent("not_found", format!("{target}: channel or topic not found")),
-        _ => AdapterError::permanent("rejected", format!("{target}: rejected")),
+        429 => AdapterError::transient(AdapterErrorKind::RateLimited, format!("{target}: rate limited")),
+        500..=599 => {
+            AdapterError::transient(AdapterErrorKind::ServerError, format!("{target}: server error"))
+        }
+        401 | 403 => AdapterError::permanent(AdapterErrorKind::Auth, format!("{target}: not authorized")),
+        404 | 410 => AdapterError::permanent(
+            AdapterErrorKind::NotFound,
+            format!("{target}: channel or topic not found"),
+        ),
+        _ => AdapterError::permanent(AdapterErrorKind::Rejected, format!("{target}: rejected")),
     };
     err.with_status(status).with_retry_after(retry_after(headers))
 }

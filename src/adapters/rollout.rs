@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{Api, Client, api::ListParams};
 
-use super::AdapterError;
+use super::{AdapterError, AdapterErrorKind};
 
 /// Waiting reasons that mean a pod will not become ready without a change.
 pub const FAILING_WAIT_REASONS: [&str; 5] = [
@@ -73,15 +73,21 @@ impl KubeRolloutChecker {
 fn kube_err(what: &str, e: &kube::Error) -> AdapterError {
     match e {
         kube::Error::Api(s) if s.code == 403 => {
-            AdapterError::permanent("forbidden", format!("{what}: forbidden")).with_status(403)
+            AdapterError::permanent(AdapterErrorKind::Forbidden, format!("{what}: forbidden"))
+                .with_status(403)
         }
         kube::Error::Api(s) if (500..600).contains(&s.code) || s.code == 429 => {
-            AdapterError::transient("server_error", format!("{what}: {}", s.message)).with_status(s.code)
+            AdapterError::transient(AdapterErrorKind::ServerError, format!("{what}: {}", s.message))
+                .with_status(s.code)
         }
         kube::Error::Api(s) => {
-            AdapterError::permanent("rejected", format!("{what}: {}", s.message)).with_status(s.code)
+            AdapterError::permanent(AdapterErrorKind::Rejected, format!("{what}: {}", s.message))
+                .with_status(s.code)
         }
-        _ => AdapterError::transient("transport", format!("{what}: API server unreachable")),
+        _ => AdapterError::transient(
+            AdapterErrorKind::Transport,
+            format!("{what}: API server unreachable"),
+        ),
     }
 }
 

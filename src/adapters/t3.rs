@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{AdapterError, SecretSource, http_client, retry_after, snippet};
+use super::{AdapterError, AdapterErrorKind, SecretSource, http_client, retry_after, snippet};
 
 /// The questions and commands the loop needs from T3.
 #[async_trait]
@@ -459,7 +459,7 @@ impl Command {
     pub fn validate(&self) -> Result<(), AdapterError> {
         let bad = |why: String| {
             Err(AdapterError::permanent(
-                "invalid_command",
+                AdapterErrorKind::InvalidCommand,
                 format!("{}: {why}", self.type_name()),
             ))
         };
@@ -646,8 +646,11 @@ impl T3Client {
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         if (200..300).contains(&status) {
             return serde_json::from_str(&body).map_err(|e| {
-                AdapterError::permanent("decode", format!("{target}: unexpected response shape: {e}"))
-                    .with_status(status)
+                AdapterError::permanent(
+                    AdapterErrorKind::Decode,
+                    format!("{target}: unexpected response shape: {e}"),
+                )
+                .with_status(status)
             });
         }
         Err(classify(&target, status, &body, after))
@@ -664,21 +667,33 @@ pub fn classify(target: &str, status: u16, body: &str, after: Option<Duration>) 
         .unwrap_or_else(|| snippet(body));
     let err = match status {
         400 if body.trim().is_empty() => AdapterError::permanent(
-            "schema_rejected",
+            AdapterErrorKind::SchemaRejected,
             format!("{target}: T3 rejected the command schema (empty 400)"),
         ),
-        400 => AdapterError::permanent("invalid_request", format!("{target}: {detail}")),
-        401 | 403 => AdapterError::permanent("auth", format!("{target}: not authorized ({detail})")),
-        404 => AdapterError::permanent("not_found", format!("{target}: not found ({detail})")),
-        415 => AdapterError::permanent("unsupported_media_type", format!("{target}: {detail}")),
-        429 => AdapterError::transient("rate_limited", format!("{target}: rate limited")),
+        400 => AdapterError::permanent(AdapterErrorKind::InvalidRequest, format!("{target}: {detail}")),
+        401 | 403 => AdapterError::permanent(
+            AdapterErrorKind::Auth,
+            format!("{target}: not authorized ({detail})"),
+        ),
+        404 => AdapterError::permanent(
+            AdapterErrorKind::NotFound,
+            format!("{target}: not found ({detail})"),
+        ),
+        415 => AdapterError::permanent(
+            AdapterErrorKind::UnsupportedMediaType,
+            format!("{target}: {detail}"),
+        ),
+        429 => AdapterError::transient(AdapterErrorKind::RateLimited, format!("{target}: rate limited")),
         500 if tagged.reason.as_deref() == Some("orchestration_dispatch_failed") => AdapterError::permanent(
-            "dispatch_rejected",
+            AdapterErrorKind::DispatchRejected,
             format!("{target}: T3 rejected the command (orchestration_dispatch_failed)"),
         ),
-        500..=599 => AdapterError::transient("server_error", format!("{target}: server error ({detail})")),
+        500..=599 => AdapterError::transient(
+            AdapterErrorKind::ServerError,
+            format!("{target}: server error ({detail})"),
+        ),
         _ => AdapterError::permanent(
-            "unexpected_status",
+            AdapterErrorKind::UnexpectedStatus,
             format!("{target}: unexpected status ({detail})"),
         ),
     };
@@ -734,8 +749,11 @@ impl Executor for T3Client {
             .map_err(|e| AdapterError::from_transport(&target, &e))?;
         if status == 200 {
             let reply: DispatchReply = serde_json::from_str(&body).map_err(|e| {
-                AdapterError::permanent("decode", format!("{target}: unexpected reply: {e}"))
-                    .with_status(status)
+                AdapterError::permanent(
+                    AdapterErrorKind::Decode,
+                    format!("{target}: unexpected reply: {e}"),
+                )
+                .with_status(status)
             })?;
             return Ok(reply.sequence);
         }

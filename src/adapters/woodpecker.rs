@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{AdapterError, SecretSource, http_client, retry_after, snippet};
+use super::{AdapterError, AdapterErrorKind, SecretSource, http_client, retry_after, snippet};
 
 /// A pipeline for a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,19 +89,27 @@ impl DeployCi for WoodpeckerClient {
                 .map_err(|e| AdapterError::from_transport(&target, &e))?;
             if status != 200 {
                 let err = match status {
-                    401 | 403 => AdapterError::permanent("auth", format!("{target}: not authorized")),
-                    404 => AdapterError::permanent("not_found", format!("{target}: repository not found")),
-                    429 | 500..=599 => {
-                        AdapterError::transient("server_error", format!("{target}: {}", snippet(&text)))
+                    401 | 403 => {
+                        AdapterError::permanent(AdapterErrorKind::Auth, format!("{target}: not authorized"))
                     }
-                    _ => {
-                        AdapterError::permanent("unexpected_status", format!("{target}: {}", snippet(&text)))
-                    }
+                    404 => AdapterError::permanent(
+                        AdapterErrorKind::NotFound,
+                        format!("{target}: repository not found"),
+                    ),
+                    429 | 500..=599 => AdapterError::transient(
+                        AdapterErrorKind::ServerError,
+                        format!("{target}: {}", snippet(&text)),
+                    ),
+                    _ => AdapterError::permanent(
+                        AdapterErrorKind::UnexpectedStatus,
+                        format!("{target}: {}", snippet(&text)),
+                    ),
                 };
                 return Err(err.with_status(status).with_retry_after(after));
             }
-            let items: Vec<RawPipeline> = serde_json::from_str(&text)
-                .map_err(|_| AdapterError::permanent("decode", format!("{target}: unexpected shape")))?;
+            let items: Vec<RawPipeline> = serde_json::from_str(&text).map_err(|_| {
+                AdapterError::permanent(AdapterErrorKind::Decode, format!("{target}: unexpected shape"))
+            })?;
             let last_page = items.len() < Self::PER_PAGE as usize;
             found.extend(
                 items

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use super::{Error, Settings};
 use crate::{
     adapters::{
-        AdapterError, Secret, SecretSource,
+        AdapterError, AdapterErrorKind, Secret, SecretSource,
         github::{GitHubClient, GitHubOptions, Tracker},
         github_app::{GitHubAppToken, HttpTokenExchange, check_private_key},
         notify::{Notifier, NtfyNotifier, SlackNotifier},
@@ -45,11 +45,11 @@ impl SecretSource for SharedSecret {
             .read()
             .expect("secret lock")
             .clone()
-            .ok_or_else(|| AdapterError::permanent("secret_unloaded", "secret not loaded yet"))
+            .ok_or_else(|| AdapterError::permanent(AdapterErrorKind::SecretUnloaded, "secret not loaded yet"))
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Key {
     github: String,
     t3: String,
@@ -82,6 +82,27 @@ pub struct Adapters {
 const SHELL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Adapters {
+    /// Adapters from parts, not from an AfkConfig: tests drive a reconcile with the in-memory
+    /// ones (`adapters::memory`).
+    pub fn from_parts(
+        tracker: Arc<dyn Tracker>,
+        executor: Arc<dyn Executor>,
+        notifiers: Vec<Arc<dyn Notifier>>,
+        rollout: Arc<dyn RolloutChecker>,
+    ) -> Self {
+        Self {
+            key: Key::default(),
+            tracker,
+            executor,
+            deploy: None,
+            notifiers,
+            rollout,
+            secrets: vec![],
+            loaded_at: Mutex::new(Some(Instant::now())),
+            shell: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// T3's shell, shared by the runs of this config for up to a second.
     pub async fn shell(&self) -> Result<Arc<crate::adapters::t3::Shell>, AdapterError> {
         let mut cached = self.shell.lock().await;

@@ -5,18 +5,16 @@
 //! write recording the intent, so a crash at any point repeats work harmlessly or skips it.
 
 mod adapters;
-mod config;
+mod afk_config;
+mod afk_run;
 mod leader;
-mod run;
+mod start;
 mod status;
 mod triggers;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -34,6 +32,7 @@ use kube::{
 
 pub use adapters::{AdapterCache, Adapters, SharedSecret};
 pub use leader::{LeaderElection, LeaseSettings};
+pub use start::{LEASE_DURATION, LEASE_RENEW_EVERY, Leadership, Readiness, run_until_shutdown};
 
 use crate::{
     adapters::AdapterError,
@@ -96,7 +95,7 @@ pub struct Context {
     pub settings: Settings,
     /// Adapters per AfkConfig.
     pub adapters: AdapterCache,
-    backoff: Mutex<HashMap<String, u32>>,
+    backoff: Mutex<HashMap<BackoffKey, u32>>,
     checklist_cache: Mutex<HashMap<String, String>>,
     labels_checked: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -130,26 +129,32 @@ impl Context {
         }
     }
 
-    fn reset_backoff(&self, key: &str) {
+    fn reset_backoff(&self, key: &BackoffKey) {
         self.backoff.lock().expect("backoff").remove(key);
     }
 
     /// Exponential per-object backoff with jitter: 1 s doubling to `max_backoff`, ±20 %.
-    fn next_backoff(&self, key: &str, hint: Option<Duration>) -> Duration {
+    fn next_backoff(&self, key: BackoffKey, hint: Option<Duration>) -> Duration {
         let mut map = self.backoff.lock().expect("backoff");
-        let n = map.entry(key.to_string()).or_insert(0);
+        let n = map.entry(key).or_insert(0);
         *n = (*n + 1).min(20);
         let base = Duration::from_secs(1)
             .saturating_mul(2u32.saturating_pow(*n - 1))
             .min(self.settings.max_backoff);
         let base = hint.map_or(base, |h| h.max(base).min(self.settings.max_backoff));
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = 0.8 + f64::from(nanos % 400) / 1000.0;
-        base.mul_f64(jitter)
+        jittered(base, 20)
     }
+}
+
+/// `period` spread by up to ±`percent` % (the clock's sub-second nanos as the randomness), so
+/// objects that woke together do not stay in step.
+fn jittered(period: Duration, percent: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let low = 1.0 - f64::from(percent) / 100.0;
+    period.mul_f64(low + f64::from(nanos % (percent * 20).max(1)) / 1000.0)
 }
 
 /// Why a reconcile failed.
@@ -194,10 +199,32 @@ impl Error {
         }
     }
 
+    /// Failures a healthy loop meets in normal operation (conflicts, blips, limits, its own
+    /// retries): logged quietly.
+    fn is_expected(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.code == 409,
+            Error::Adapter(e) => e.error_kind().is_expected(),
+            _ => false,
+        }
+    }
+
     fn retry_hint(&self) -> Option<Duration> {
         match self {
             Error::Adapter(e) => e.retry_after,
             _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// T3 refusing the token becomes the typed, run-ending error; everything else stays an
+    /// adapter error (transient ones are retried).
+    pub(crate) fn from_executor(e: AdapterError) -> Self {
+        if e.is_unauthorized() {
+            Error::ExecutorUnauthorized(e)
+        } else {
+            Error::Adapter(e)
         }
     }
 }
@@ -214,34 +241,64 @@ impl From<AdapterError> for Error {
     }
 }
 
-fn key_of<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+/// A kind this crate reconciles, with the name its metrics and backoff keys use.
+pub(crate) trait Reconciled: Resource<DynamicType = ()> {
+    /// The `controller` metric label (`afkconfig`, `afkrun`).
+    const CONTROLLER: &'static str;
 }
 
-fn error_policy<K: Resource>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
-    move |obj, err, ctx| {
-        ctx.metrics
-            .reconcile_errors
-            .get_or_create(&ErrorLabels {
-                controller: controller.into(),
-                category: err.category().into(),
-            })
-            .inc();
-        let delay = ctx.next_backoff(
-            &format!("{controller}:{}", key_of(obj.as_ref())),
-            err.retry_hint(),
-        );
-        // Conflicts and transient blips are expected; they are logged quietly.
-        if matches!(
-            err.category(),
-            "conflict" | "transport" | "server_error" | "rate_limited" | "project_retry"
-        ) {
-            tracing::debug!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "retrying");
-        } else {
-            tracing::warn!(controller, object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
+impl Reconciled for AfkConfig {
+    const CONTROLLER: &'static str = "afkconfig";
+}
+
+impl Reconciled for AfkRun {
+    const CONTROLLER: &'static str = "afkrun";
+}
+
+/// The key of one object's error backoff: the error policy grows it, a clean reconcile resets
+/// it, and both build it here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct BackoffKey {
+    controller: &'static str,
+    namespace: String,
+    name: String,
+}
+
+impl BackoffKey {
+    /// The key of `obj`.
+    pub(crate) fn of<K: Reconciled>(obj: &K) -> Self {
+        Self {
+            controller: K::CONTROLLER,
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
         }
-        Action::requeue(delay)
     }
+}
+
+impl std::fmt::Display for BackoffKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let controller = K::CONTROLLER;
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: controller.into(),
+            category: err.category().into(),
+        })
+        .inc();
+    let key = BackoffKey::of(obj.as_ref());
+    let object = key.to_string();
+    let delay = ctx.next_backoff(key, err.retry_hint());
+    if err.is_expected() {
+        tracing::debug!(controller, %object, error = %err, ?delay, "retrying");
+    } else {
+        tracing::warn!(controller, %object, error = %err, ?delay, "reconcile failed; retrying");
+    }
+    Action::requeue(delay)
 }
 
 /// A hash of what a human changes on an AfkConfig: the spec (via generation) and annotations.
@@ -262,14 +319,16 @@ pub enum Trigger {
     Run(ObjectRef<AfkRun>),
 }
 
-/// Run both controllers until `shutdown` resolves.
+/// Run both controllers until `shutdown` resolves; `ready` turns true once both watches have
+/// synced. [`run_until_shutdown`] is the process's way in (leader election included).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
-    ready: Arc<AtomicBool>,
+    ready: impl Into<Readiness>,
     trigger: tokio::sync::broadcast::Receiver<Trigger>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let ready = ready.into();
     let client = ctx.client.clone();
     let (configs, runs): (Api<AfkConfig>, Api<AfkRun>) = match &namespace {
         Some(ns) => (
@@ -278,13 +337,8 @@ pub async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stop_token = tokio_util::sync::CancellationToken::new();
+    let stop = || stop_token.clone().cancelled_owned();
 
     // Status writes (lastPollTime) must not re-trigger a poll: only spec (generation) and
     // annotation (emergency stop) changes do. Runs and webhooks trigger through their own paths.
@@ -347,26 +401,24 @@ pub async fn run(
                 .await
                 .is_err()
             {}
-            ready.store(true, Ordering::SeqCst);
+            ready.set(true);
             tracing::info!("watches synced; ready");
         }
     };
 
     let configs_fut = config_controller
-        .run(
-            config::reconcile,
-            error_policy::<AfkConfig>("afkconfig"),
-            ctx.clone(),
-        )
+        .run(afk_config::reconcile, error_policy::<AfkConfig>, ctx.clone())
         .for_each(|_| async {});
     let runs_fut = run_controller
-        .run(run::reconcile, error_policy::<AfkRun>("afkrun"), ctx.clone())
+        .run(afk_run::reconcile, error_policy::<AfkRun>, ctx.clone())
         .for_each(|_| async {});
-    tokio::spawn(async move {
+    let on_shutdown = stop_token.clone();
+    let forward = tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        on_shutdown.cancel();
     });
     let readiness = tokio::spawn(readiness);
     tokio::join!(configs_fut, runs_fut);
     readiness.abort();
+    forward.abort();
 }

@@ -9,4 +9,4 @@ pub mod health;
 pub mod naming;
 pub mod parse;
 pub mod render;
-pub mod run;
+pub mod run_decision;

@@ -58,7 +58,7 @@ use crate::{
         claude::{AgentCli, AgentSpec, ClaudeCli},
     },
     agents::Agents,
-    config::{Routes, SidecarArgs},
+    args::{Routes, SidecarArgs},
     metrics::{Metrics, RouteStatus},
 };
 

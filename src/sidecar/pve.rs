@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::{io::AsyncReadExt, process::Command, sync::Semaphore};
 
 use super::{SidecarState, auth::Caller, error::ApiError};
-use crate::config::BreakglassArgs;
+use crate::args::BreakglassArgs;
 
 /// The verbs, in the order the console shows them.
 pub const VERBS: [&str; 6] = ["status", "forensics", "reset", "stop", "start", "cycle"];

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     adapters::claude::{AgentCli, AgentSpec, Turn, TurnRequest},
-    config::VoiceArgs,
+    args::VoiceArgs,
     metrics::Metrics,
 };
 

@@ -12,7 +12,7 @@ use std::{
 use afk_operator::{
     adapters::claude::ClaudeCli,
     agents::Agents,
-    config::SidecarArgs,
+    args::SidecarArgs,
     metrics::Metrics,
     sidecar::{self, SidecarState},
 };

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::log::{BreakglassEvent, EventLog, Notice};
 use crate::{
     adapters::claude::{AgentCli, AgentSpec, SessionMode, TurnRequest},
-    config::BreakglassArgs,
+    args::BreakglassArgs,
     metrics::Metrics,
     sidecar::turns::{Driver, Step, TurnFailure, keepalive_frame, keepalive_timer, sse_response},
 };

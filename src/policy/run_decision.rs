@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{CiVerdict, Phase};
+use crate::crd::{CiVerdict, Phase, condition::reasons};
 
 /// How far T3's clock may run behind ours when deciding whether `latestTurn` is the turn we
 /// sent (`requestedAt` is stamped by T3 on receipt).
@@ -301,15 +301,17 @@ fn finished_turn(obs: &RunObservation) -> Option<(&'static str, &'static str, Op
         match turn.state {
             TurnState::Completed => {
                 return Some((
-                    "AgentFinishedWithoutPush",
+                    reasons::AGENT_FINISHED_WITHOUT_PUSH,
                     "the agent's turn completed without a pushed commit",
                     finished_at,
                 ));
             }
-            TurnState::Error => return Some(("AgentTurnFailed", "the agent's turn failed", finished_at)),
+            TurnState::Error => {
+                return Some((reasons::AGENT_TURN_FAILED, "the agent's turn failed", finished_at));
+            }
             TurnState::Interrupted => {
                 return Some((
-                    "AgentInterrupted",
+                    reasons::AGENT_INTERRUPTED,
                     "the agent's turn was interrupted",
                     finished_at,
                 ));
@@ -321,17 +323,17 @@ fn finished_turn(obs: &RunObservation) -> Option<(&'static str, &'static str, Op
     match view.session {
         // A turn that never started: the session errors and latestTurn stays as it was.
         Some(SessionStatus::Error) if turn_unchanged => Some((
-            "TurnNeverStarted",
+            reasons::TURN_NEVER_STARTED,
             "the executor could not start the agent's turn",
             view.session_updated_at,
         )),
         Some(SessionStatus::Error) => Some((
-            "AgentTurnFailed",
+            reasons::AGENT_TURN_FAILED,
             "the agent's session failed",
             view.session_updated_at,
         )),
         Some(SessionStatus::Stopped) => Some((
-            "SessionStopped",
+            reasons::SESSION_STOPPED,
             "the agent's session was stopped",
             view.session_updated_at,
         )),
@@ -370,7 +372,7 @@ enum TurnProgress {
 fn turn_progress(obs: &RunObservation) -> TurnProgress {
     let Some(sent) = obs.last_turn_sent_at else {
         return TurnProgress::Settled {
-            reason: "NotDispatched",
+            reason: reasons::NOT_DISPATCHED,
             message: "nothing was dispatched",
         };
     };
@@ -393,7 +395,12 @@ fn turn_progress(obs: &RunObservation) -> TurnProgress {
 pub fn decide(obs: &RunObservation) -> RunDecision {
     use Phase::*;
     if obs.phase.is_terminal() {
-        return decision(RunAction::Settled, obs.phase, "Terminal", "the run is finished");
+        return decision(
+            RunAction::Settled,
+            obs.phase,
+            reasons::TERMINAL,
+            "the run is finished",
+        );
     }
     let dispatched = obs.last_turn_sent_at.is_some();
     let thread_exists = !matches!(obs.thread, ThreadObservation::NotDispatched);
@@ -405,7 +412,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
                 interrupt: thread_exists,
             },
             Cancelled,
-            "EmergencyStop",
+            reasons::EMERGENCY_STOP,
             "the emergency stop is engaged",
         );
     }
@@ -415,7 +422,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
                 interrupt: thread_exists,
             },
             Cancelled,
-            "Cancelled",
+            reasons::CANCELLED,
             "spec.cancel was set",
         );
     }
@@ -426,14 +433,14 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::Wait,
                 obs.phase,
-                "Suspended",
+                reasons::SUSPENDED,
                 "the AfkConfig is suspended; waiting to dispatch until it is armed",
             );
         }
         return decision(
             RunAction::Dispatch,
             Dispatching,
-            "Dispatching",
+            reasons::DISPATCHING,
             "sending the task to the executor",
         );
     }
@@ -449,7 +456,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
                 interrupt: matches!(progress, TurnProgress::Running { .. }),
             },
             Succeeded,
-            "Succeeded",
+            reasons::SUCCEEDED,
             format!("{short} is green and rolled out"),
         );
     }
@@ -463,7 +470,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::SendAnswer,
                 Working,
-                "Answered",
+                reasons::ANSWERED,
                 "sending the human's answer to the agent",
             );
         }
@@ -471,7 +478,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::Finish { interrupt: true },
                 NeedsHuman,
-                "AgentAskedForInput",
+                reasons::AGENT_ASKED_FOR_INPUT,
                 "nobody answered the agent within answerTimeout",
             );
         }
@@ -479,14 +486,14 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::ForgetQuestion,
                 Working,
-                "Working",
+                reasons::WORKING,
                 "the agent's request was answered in T3; the agent is working",
             );
         }
         return decision(
             RunAction::Wait,
             WaitingForHuman,
-            "WaitingForAnswer",
+            reasons::WAITING_FOR_ANSWER,
             "waiting for a human to answer the agent (status.question)",
         );
     }
@@ -494,7 +501,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
         return decision(
             RunAction::AskHuman,
             WaitingForHuman,
-            "WaitingForAnswer",
+            reasons::WAITING_FOR_ANSWER,
             "the agent waits on an approval or an answer",
         );
     }
@@ -503,9 +510,9 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
     // never judge budgets while it runs: whatever it pushes is judged once it ends.
     let corrective = obs.last_turn_commit.is_some();
     let (waiting_phase, waiting_reason) = match (corrective, short, obs.ci) {
-        (true, _, _) => (FixingForward, "FixingForward"),
-        (false, Some(_), _) => (Verifying, "Verifying"),
-        (false, None, _) => (Working, "Working"),
+        (true, _, _) => (FixingForward, reasons::FIXING_FORWARD),
+        (false, Some(_), _) => (Verifying, reasons::VERIFYING),
+        (false, None, _) => (Working, reasons::WORKING),
     };
     match progress {
         TurnProgress::Running { sent } => {
@@ -514,7 +521,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
                 return decision(
                     RunAction::Finish { interrupt: true },
                     NeedsHuman,
-                    "Stalled",
+                    reasons::STALLED,
                     "the agent's turn ran past the stall timeout",
                 );
             }
@@ -532,7 +539,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::Wait,
                 waiting_phase,
-                "AwaitingPush",
+                reasons::AWAITING_PUSH,
                 format!("{message}; waiting for its push to show up"),
             );
         }
@@ -540,7 +547,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             return decision(
                 RunAction::Wait,
                 obs.phase,
-                "ExecutorUnknown",
+                reasons::EXECUTOR_UNKNOWN,
                 "the executor's view of the thread is not available; waiting",
             );
         }
@@ -556,7 +563,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             _ => decision(
                 RunAction::Wait,
                 Verifying,
-                "Verifying",
+                reasons::VERIFYING,
                 format!("waiting for CI on {short}"),
             ),
         };
@@ -571,7 +578,7 @@ pub fn decide(obs: &RunObservation) -> RunDecision {
             message,
         );
     }
-    decision(RunAction::Wait, Working, "Working", "the agent is working")
+    decision(RunAction::Wait, Working, reasons::WORKING, "the agent is working")
 }
 
 /// Rows 6–7 for a pushed commit with a red verdict, once no turn runs.
@@ -590,7 +597,7 @@ fn red(obs: &RunObservation, commit: &str) -> RunDecision {
         BudgetState::AttemptsExhausted => decision(
             RunAction::Finish { interrupt: false },
             Frozen,
-            "FixForwardBudgetExhausted",
+            reasons::FIX_FORWARD_BUDGET_EXHAUSTED,
             format!(
                 "{short} is red after {} fix-forward attempts",
                 obs.fix_forward_attempts
@@ -599,13 +606,13 @@ fn red(obs: &RunObservation, commit: &str) -> RunDecision {
         BudgetState::TimeExhausted => decision(
             RunAction::Finish { interrupt: false },
             Frozen,
-            "FixForwardBudgetExhausted",
+            reasons::FIX_FORWARD_BUDGET_EXHAUSTED,
             format!("{short} is red and the fix-forward time budget is spent"),
         ),
         BudgetState::Remaining { .. } if obs.suspended => decision(
             RunAction::Wait,
             Verifying,
-            "Suspended",
+            reasons::SUSPENDED,
             format!("{short} is red; no fix-forward while suspended"),
         ),
         BudgetState::Remaining { .. } => {
@@ -613,7 +620,7 @@ fn red(obs: &RunObservation, commit: &str) -> RunDecision {
             decision(
                 RunAction::SendCorrectiveTurn { attempt },
                 FixingForward,
-                "FixingForward",
+                reasons::FIXING_FORWARD,
                 format!(
                     "{short} is red; sending fix-forward attempt {attempt} of {}",
                     obs.budgets.max_attempts
