@@ -12,6 +12,7 @@
 //! other than the probes are traced (`tower-http`, at debug level: `--log-filter
 //! tower_http=debug`).
 
+pub mod admission;
 pub mod afk_ops;
 pub mod auth;
 pub mod breakglass;
@@ -23,6 +24,7 @@ pub mod openai;
 pub mod pve;
 pub mod turns;
 pub mod voice;
+pub mod voice_http;
 pub mod warm;
 pub mod webhook;
 

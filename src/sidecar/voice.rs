@@ -16,14 +16,15 @@ use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 use axum::{
     Json,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
-    http::{HeaderValue, StatusCode, header},
+    extract::State,
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub use super::voice_http::VoiceRequest;
+pub(super) use super::voice_http::{failure_response, gateway, invalid, refusal_response};
 use super::{
     SidecarState,
     openai::{self, ChatRequest, CompletionId},
@@ -203,72 +204,6 @@ impl Gateway {
     }
 }
 
-fn gateway(state: &SidecarState) -> Result<&Arc<Gateway>, Response> {
-    state.voice.as_ref().ok_or_else(|| {
-        super::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the voice gateway is not configured",
-            "not_configured",
-        )
-    })
-}
-
-pub(super) fn invalid(message: &str, param: Option<&str>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(openai::error_body(
-            message,
-            "invalid_request_error",
-            param,
-            "invalid_request",
-        )),
-    )
-        .into_response()
-}
-
-pub(super) fn failure_response(failure: &TurnFailure) -> Response {
-    let mut response = (
-        failure.status(),
-        Json(openai::error_body(
-            &failure.message(),
-            failure.kind(),
-            None,
-            failure.code(),
-        )),
-    )
-        .into_response();
-    if failure.status() == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
-}
-
-pub(super) fn refusal_response(refusal: Refusal) -> Response {
-    let (status, message, code) = match refusal {
-        Refusal::QueueFull => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests are waiting for the agent; retry shortly",
-            "rate_limit_exceeded",
-        ),
-        Refusal::QueueTimeout => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no agent slot became free in time; retry shortly",
-            "overloaded",
-        ),
-    };
-    let mut response = (
-        status,
-        Json(openai::error_body(message, "rate_limit_error", None, code)),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-    response
-}
-
 /// `GET /v1/models`.
 pub async fn models(State(state): State<SidecarState>) -> Response {
     let gw = match gateway(&state) {
@@ -317,31 +252,6 @@ pub(super) async fn collect(
     }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Result<Bytes, BytesRejection>) -> Result<T, Response> {
-    let body = body.as_ref().map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the request body is larger than {} bytes", super::MAX_V1_BODY)
-        } else {
-            "the request body could not be read".to_string()
-        };
-        (
-            status,
-            Json(openai::error_body(
-                &message,
-                "invalid_request_error",
-                None,
-                "invalid_request",
-            )),
-        )
-            .into_response()
-    })?;
-    serde_json::from_slice(body).map_err(|err| {
-        let message = format!("the request body is not valid JSON for this endpoint: {err}");
-        invalid(&message, None)
-    })
-}
-
 /// Stream the rest of a turn: each text as the frame `frame` makes of it, keepalive comments
 /// while it is quiet. `None` when the client went away (dropping the driver kills the process).
 pub(super) async fn stream_rest(
@@ -358,29 +268,6 @@ pub(super) async fn stream_rest(
             Step::Finished(finished) => return Some(Ok(finished)),
             Step::Failed(failure) => return Some(Err(failure)),
         }
-    }
-}
-
-/// What every `/v1` POST needs first, as an extractor: the gateway (503 when absent), the parsed
-/// body (400/413 in OpenAI's shape) and when the request arrived (time to first token).
-pub struct VoiceRequest<T> {
-    /// The voice gateway.
-    pub gw: Arc<Gateway>,
-    /// The request body.
-    pub body: T,
-    /// When the request was received.
-    pub received: Instant,
-}
-
-impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<SidecarState> for VoiceRequest<T> {
-    type Rejection = Response;
-
-    async fn from_request(request: axum::extract::Request, state: &SidecarState) -> Result<Self, Response> {
-        let received = Instant::now();
-        let gw = gateway(state)?.clone();
-        let bytes = Bytes::from_request(request, state).await;
-        let body = parse_body(&bytes)?;
-        Ok(Self { gw, body, received })
     }
 }
 
