@@ -19,7 +19,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as FinalizerEvent, finalizer},
@@ -45,7 +45,10 @@ fn collect_names(
 ) {
     let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
     let s2 = seen.clone();
-    let task = tokio::spawn(watcher(api, watcher::Config::default()).for_each(move |ev| {
+    // With the backoff every real client uses: a watch that ends or fails is retried after a
+    // pause, not in a hot loop that starves the writers on a loaded machine.
+    let watch = watcher(api, watcher::Config::default()).default_backoff();
+    let task = tokio::spawn(watch.for_each(move |ev| {
         let s2 = s2.clone();
         async move {
             if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
