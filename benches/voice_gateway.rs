@@ -93,7 +93,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v
 }
 
@@ -503,11 +503,26 @@ fn real_cli_mode(runtime: &tokio::runtime::Runtime) {
             .envs(direct_env.iter().map(|(k, v)| (*k, v.as_str())));
         timed_spawn(command, prompt)
     };
+    // The sidecar passes the key to its CLIs only from a file (never from its own environment).
+    let key_file = work.path().join("api-key");
+    std::fs::write(&key_file, api_key).unwrap();
+    let key_file = key_file.display().to_string();
     let client = reqwest::Client::new();
-    let pooled = Sidecar::start(&claude, &["--max-concurrent-turns", "4"], &env);
+    let pooled = Sidecar::start(
+        &claude,
+        &["--max-concurrent-turns", "4", "--claude-api-key-file", &key_file],
+        &env,
+    );
     let cold = Sidecar::start(
         &claude,
-        &["--max-concurrent-turns", "4", "--chat-pool-size", "0"],
+        &[
+            "--max-concurrent-turns",
+            "4",
+            "--chat-pool-size",
+            "0",
+            "--claude-api-key-file",
+            &key_file,
+        ],
         &env,
     );
     std::thread::sleep(Duration::from_secs(2));
