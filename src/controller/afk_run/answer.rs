@@ -95,8 +95,10 @@ impl RunReconcile {
                 return self.save().await;
             }
             (false, Some(Err(why))) => {
-                self.event(true, events::INVALID_ANSWER, why).await;
+                // Removed before the Event says so: a human who reads the Event and writes a
+                // corrected answer must never see it deleted by this removal.
                 self.remove_answer_annotation().await?;
+                self.event(true, events::INVALID_ANSWER, why).await;
                 return Ok(());
             }
             (false, None) => return Ok(()),
@@ -160,20 +162,38 @@ impl RunReconcile {
         self.remove_answer_annotation().await
     }
 
-    /// Remove `afk.dev/answer` (a metadata patch; the answer is in status by now).
-    async fn remove_answer_annotation(&self) -> Result<(), Error> {
-        if !self.run.annotations().contains_key(ANSWER_ANNOTATION) {
+    /// Remove `afk.dev/answer` — only while it still holds the answer this reconcile read (a
+    /// JSON patch that tests the value first). A human may have written a new answer since; the
+    /// API server then refuses the patch (422) and the new answer stays for the next reconcile.
+    pub(super) async fn remove_answer_annotation(&self) -> Result<(), Error> {
+        let Some(read) = self.run.annotations().get(ANSWER_ANNOTATION) else {
             return Ok(());
-        }
-        let patch = serde_json::json!({"metadata": {"annotations": {ANSWER_ANNOTATION: null}}});
-        self.api
+        };
+        let path = format!(
+            "/metadata/annotations/{}",
+            ANSWER_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        );
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": path, "value": read},
+            {"op": "remove", "path": path},
+        ]))
+        .expect("a test-and-remove patch is well formed");
+        let removed = self
+            .api
             .patch(
                 &self.run.name_any(),
                 &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
+                &kube::api::Patch::<()>::Json(patch),
             )
-            .await?;
-        Ok(())
+            .await;
+        match removed {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 404 => {
+                tracing::info!("the answer annotation changed since it was read; leaving the new one");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

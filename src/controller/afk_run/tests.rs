@@ -416,3 +416,31 @@ async fn an_interrupt_lost_in_flight_is_not_sent_twice() {
     assert_eq!(h.journal.count("t3 thread.turn.interrupt"), 1);
     assert_eq!(h.status()["phase"], "Cancelled");
 }
+
+/// The answer a human wrote after the reconcile read the annotation (say, a corrected one after
+/// an `InvalidAnswer` Event) survives the removal of the one it read; the one it read does not.
+#[tokio::test]
+async fn removing_the_answer_read_never_deletes_a_newer_one() {
+    let h = Harness::new().await;
+    let annotate = |value: &str| {
+        let value = value.to_string();
+        h.patch_run(move |r| r["metadata"]["annotations"] = json!({"afk.dev/answer": value}));
+    };
+    let stored_answer = || {
+        h.api
+            .with_store(|s| s.get("afk.dev/v1alpha1", "AfkRun", NS, RUN))
+            .unwrap()["metadata"]["annotations"]["afk.dev/answer"]
+            .clone()
+    };
+    annotate(r#"{"id":"req-1","text":"sure"}"#);
+    let read_before = h.reconcile().await;
+    annotate(r#"{"id":"req-1","decision":"decline"}"#);
+    read_before.remove_answer_annotation().await.unwrap();
+    assert_eq!(
+        stored_answer(),
+        r#"{"id":"req-1","decision":"decline"}"#,
+        "the newer answer stays"
+    );
+    h.reconcile().await.remove_answer_annotation().await.unwrap();
+    assert_eq!(stored_answer(), Value::Null, "the answer read is removed");
+}
