@@ -19,6 +19,8 @@ pub mod types {
     pub const TRACKER_REACHABLE: &str = "TrackerReachable";
     /// AfkConfig: the T3 executor answered its environment probe.
     pub const EXECUTOR_REACHABLE: &str = "ExecutorReachable";
+    /// AfkConfig: the T3 token expires within a week (True is the warning).
+    pub const TOKEN_EXPIRING: &str = "TokenExpiring";
 }
 
 /// Machine-readable reasons (CamelCase, as Kubernetes requires).
@@ -45,6 +47,16 @@ pub mod reasons {
     pub const UNREACHABLE: &str = "Unreachable";
     /// An external system refused the credentials.
     pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// Armed, and the first authenticated probes have not answered yet (`Ready=Unknown`).
+    pub const PROBING: &str = "Probing";
+    /// AfkConfig `Ready=True`: armed, and GitHub and T3 accept their credentials.
+    pub const READY: &str = "Ready";
+    /// `TokenExpiring=True`: the T3 token expires within the warning window.
+    pub const TOKEN_EXPIRES_SOON: &str = "TokenExpiresSoon";
+    /// `TokenExpiring=False`: the T3 token is good beyond the warning window.
+    pub const TOKEN_VALID: &str = "TokenValid";
+    /// `TokenExpiring=False`: T3 reported no expiry for the token.
+    pub const NO_EXPIRY: &str = "NoExpiry";
 
     // AfkConfig, `Reconciling` and `Stalled`.
     /// The first poll after a spec change is running.

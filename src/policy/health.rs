@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::crd::condition::{reasons, types};
+
 /// How long before expiry the T3 token is reported (tokens last 30 days by default).
 pub const TOKEN_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -86,11 +88,11 @@ fn probe_condition(type_: &'static str, what: &str, probe: &Probe) -> Option<Con
             type_,
             true,
             true,
-            "Reachable",
+            reasons::REACHABLE,
             format!("{what} answered an authenticated request"),
         )),
-        Probe::Unauthorized(why) => Some(value(type_, false, false, "Unauthorized", why.clone())),
-        Probe::Unreachable(why) => Some(value(type_, false, false, "Unreachable", why.clone())),
+        Probe::Unauthorized(why) => Some(value(type_, false, false, reasons::UNAUTHORIZED, why.clone())),
+        Probe::Unreachable(why) => Some(value(type_, false, false, reasons::UNREACHABLE, why.clone())),
     }
 }
 
@@ -102,13 +104,13 @@ pub fn conditions(f: &ConfigFacts) -> Vec<ConditionValue> {
 
     // Ready: the first thing in the way, in order of what a human must fix first.
     let tracker_problem = match &f.tracker {
-        Probe::Unauthorized(m) => Some(("Unauthorized", format!("GitHub: {m}"))),
-        Probe::Unreachable(m) => Some(("Unreachable", format!("GitHub: {m}"))),
+        Probe::Unauthorized(m) => Some((reasons::UNAUTHORIZED, format!("GitHub: {m}"))),
+        Probe::Unreachable(m) => Some((reasons::UNREACHABLE, format!("GitHub: {m}"))),
         _ => None,
     };
     let executor_problem = match &f.executor {
-        Probe::Unauthorized(m) => Some(("Unauthorized", format!("T3: {m}"))),
-        Probe::Unreachable(m) => Some(("Unreachable", format!("T3: {m}"))),
+        Probe::Unauthorized(m) => Some((reasons::UNAUTHORIZED, format!("T3: {m}"))),
+        Probe::Unreachable(m) => Some((reasons::UNREACHABLE, format!("T3: {m}"))),
         _ => None,
     };
     let not_ready = stalled
@@ -120,52 +122,58 @@ pub fn conditions(f: &ConfigFacts) -> Vec<ConditionValue> {
         Some((reason, message)) => {
             let disarmed = f.disarmed.as_ref().is_some_and(|(r, _)| *r == reason) && stalled.is_none();
             // Disarmed on purpose is not a fault (Argo CD shows it Suspended, not Degraded).
-            value("Ready", disarmed, false, reason, message)
+            value(types::READY, disarmed, false, reason, message)
         }
         None if f.tracker == Probe::Ok && f.executor == Probe::Ok => value(
-            "Ready",
+            types::READY,
             true,
             true,
-            "Ready",
+            reasons::READY,
             "armed; GitHub and T3 accept their credentials",
         ),
         // Armed but not (yet) probed: say so rather than guess.
         None => ConditionValue {
-            type_: "Ready",
+            type_: types::READY,
             status: "Unknown",
-            reason: "Probing",
+            reason: reasons::PROBING,
             message: "waiting for the first authenticated probe of GitHub and T3".into(),
             abnormal: false,
         },
     });
     out.push(match &stalled {
-        Some((reason, message)) => value("Stalled", false, true, reason, message.clone()),
-        None => value("Stalled", true, false, "Reconciled", ""),
+        Some((reason, message)) => value(types::STALLED, false, true, reason, message.clone()),
+        None => value(types::STALLED, true, false, reasons::RECONCILED, ""),
     });
     out.push(if f.reconciling {
         value(
-            "Reconciling",
+            types::RECONCILING,
             true,
             true,
-            "Polling",
+            reasons::POLLING,
             "polling after a spec change",
         )
     } else {
-        value("Reconciling", true, false, "Reconciled", "")
+        value(types::RECONCILING, true, false, reasons::RECONCILED, "")
     });
     out.push(match (&stalled, &f.disarmed) {
         (Some((_, message)), _) => value(
-            "Armed",
+            types::ARMED,
             false,
             false,
-            "Stalled",
+            reasons::STALLED,
             format!("not dispatching: {message}"),
         ),
-        (None, Some((reason, message))) => value("Armed", true, false, reason, message.clone()),
-        (None, None) => value("Armed", true, true, "Armed", "dispatching ready issues"),
+        (None, Some((reason, message))) => value(types::ARMED, true, false, reason, message.clone()),
+        (None, None) => value(
+            types::ARMED,
+            true,
+            true,
+            reasons::ARMED,
+            "dispatching ready issues",
+        ),
     });
-    out.extend(probe_condition("TrackerReachable", "GitHub", &f.tracker));
-    out.extend(probe_condition("ExecutorReachable", "T3", &f.executor));
+    out.extend(probe_condition(types::TRACKER_REACHABLE, "GitHub", &f.tracker));
+    out.extend(probe_condition(types::EXECUTOR_REACHABLE, "T3", &f.executor));
     if f.executor == Probe::Ok {
         out.push(match f.token_expires_at {
             Some(at) => {
@@ -173,10 +181,10 @@ pub fn conditions(f: &ConfigFacts) -> Vec<ConditionValue> {
                 let left_secs = left.as_secs().max(0);
                 if left_secs < TOKEN_WARNING.as_secs() as i64 {
                     value(
-                        "TokenExpiring",
+                        types::TOKEN_EXPIRING,
                         false,
                         true,
-                        "TokenExpiresSoon",
+                        reasons::TOKEN_EXPIRES_SOON,
                         format!(
                             "the T3 token expires at {at} (in {}); mint a new one: {}",
                             human_duration(left_secs),
@@ -185,15 +193,21 @@ pub fn conditions(f: &ConfigFacts) -> Vec<ConditionValue> {
                     )
                 } else {
                     value(
-                        "TokenExpiring",
+                        types::TOKEN_EXPIRING,
                         true,
                         false,
-                        "TokenValid",
+                        reasons::TOKEN_VALID,
                         format!("the T3 token expires at {at}"),
                     )
                 }
             }
-            None => value("TokenExpiring", true, false, "NoExpiry", "T3 reported no expiry"),
+            None => value(
+                types::TOKEN_EXPIRING,
+                true,
+                false,
+                reasons::NO_EXPIRY,
+                "T3 reported no expiry",
+            ),
         });
     }
     out
@@ -211,12 +225,12 @@ fn human_duration(secs: i64) -> String {
 /// `None` when all is well.
 pub fn summary(conditions: &[ConditionValue]) -> Option<String> {
     [
-        "Stalled",
-        "Ready",
-        "Armed",
-        "TrackerReachable",
-        "ExecutorReachable",
-        "TokenExpiring",
+        types::STALLED,
+        types::READY,
+        types::ARMED,
+        types::TRACKER_REACHABLE,
+        types::EXECUTOR_REACHABLE,
+        types::TOKEN_EXPIRING,
     ]
     .iter()
     .filter_map(|t| conditions.iter().find(|c| c.type_ == *t))
@@ -225,7 +239,7 @@ pub fn summary(conditions: &[ConditionValue]) -> Option<String> {
         // Disarmed on purpose is not abnormal, but it is what a human wants to read.
         conditions
             .iter()
-            .find(|c| c.type_ == "Ready" && c.status == "False")
+            .find(|c| c.type_ == types::READY && c.status == "False")
     })
     .map(|c| c.message.clone())
     .filter(|m| !m.is_empty())
