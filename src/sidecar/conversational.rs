@@ -17,12 +17,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
+    error::ApiError,
     openai,
     turns::{Driver, Finished, Slot, TurnFailure, sse_response},
-    voice::{
-        ActiveStream, Gateway, Opening, VoiceRequest, collect, failure_response, invalid, open,
-        refusal_response, stream_rest,
-    },
+    voice::{ActiveStream, Gateway, Opening, VoiceRequest, collect, open, stream_rest},
     warm::{Live, let_go},
 };
 use crate::adapters::claude::{SessionMode, TurnRequest};
@@ -109,12 +107,12 @@ pub async fn conversational(
         body: request,
         received,
     }: VoiceRequest<ConversationalRequest>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Ok(session_id) = uuid::Uuid::parse_str(&request.session_id) else {
-        return invalid("session_id must be a UUID", Some("session_id"));
+        return Err(ApiError::invalid("session_id must be a UUID", Some("session_id")));
     };
     if request.message.trim().is_empty() {
-        return invalid("message must not be empty", Some("message"));
+        return Err(ApiError::invalid("message must not be empty", Some("message")));
     }
     let model = request.model.clone().unwrap_or_else(|| gw.default_model.clone());
     if !openai::model_supported(&model, &gw.models) {
@@ -122,17 +120,17 @@ pub async fn conversational(
             "the model `{model}` is not served here; supported models: {}",
             openai::model_ids(&gw.models).join(", ")
         );
-        return invalid(&message, Some("model"));
+        return Err(ApiError::invalid(message, Some("model")));
     }
     let (busy, known) = {
         let mut sessions = gw.sessions.lock().expect("sessions lock");
         if !sessions.busy.insert(session_id) {
             drop(sessions);
-            return super::error(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "a turn is already running in this session",
                 "session_busy",
-            );
+            ));
         }
         (
             Busy {
@@ -143,10 +141,7 @@ pub async fn conversational(
         )
     };
     let generation = gw.cli.generation();
-    let opened = match open_turn(&gw, session_id, known, &model, generation, &request.message).await {
-        Ok(opened) => opened,
-        Err(response) => return response,
-    };
+    let opened = open_turn(&gw, session_id, known, &model, generation, &request.message).await?;
     let Opened {
         mut driver,
         opening,
@@ -172,10 +167,10 @@ pub async fn conversational(
         keep(&gw, session_id, driver, slot, &model, generation);
         drop(busy);
         return match result {
-            Ok((reply, _)) => Json(json!({"session_id": session_id, "reply": reply})).into_response(),
+            Ok((reply, _)) => Ok(Json(json!({"session_id": session_id, "reply": reply})).into_response()),
             Err(failure) => {
                 gw.record_failure(&failure);
-                failure_response(&failure)
+                Err(ApiError::from(&failure))
             }
         };
     }
@@ -210,12 +205,11 @@ pub async fn conversational(
             }
             Some(Err(failure)) => {
                 gw.record_failure(&failure);
-                let error = openai::error_body(&failure.message(), failure.kind(), None, failure.code());
-                let _ = tx.send(frame("error", error)).await;
+                let _ = tx.send(frame("error", ApiError::from(&failure).body())).await;
             }
         }
     });
-    sse_response(rx)
+    Ok(sse_response(rx))
 }
 
 /// Open one turn of the session: on its kept process when it can serve it, else on a fresh one
@@ -230,7 +224,7 @@ async fn open_turn(
     model: &str,
     generation: u64,
     message: &str,
-) -> Result<Opened, Response> {
+) -> Result<Opened, ApiError> {
     let mut kept = match gw.live.take(&session_id) {
         Some(live) if live.model == model && live.generation == generation && live.turn.is_alive() => {
             Some(live)
@@ -255,7 +249,7 @@ async fn open_turn(
             None => {
                 let permit = match permit.take() {
                     Some(permit) => permit,
-                    None => gw.admit().await.map_err(refusal_response)?,
+                    None => gw.admit().await?,
                 };
                 let request = TurnRequest {
                     prompt: String::new(),
@@ -268,7 +262,7 @@ async fn open_turn(
                 };
                 let turn = gw.spawn(&request).await.map_err(|failure| {
                     gw.record_failure(&failure);
-                    failure_response(&failure)
+                    ApiError::from(&failure)
                 })?;
                 let slot = Slot::new(permit, turn.reaped());
                 (turn, slot, Source::Cold)
@@ -314,7 +308,7 @@ async fn open_turn(
             }
             failure => {
                 gw.record_failure(&failure);
-                return Err(failure_response(&failure));
+                return Err(ApiError::from(&failure));
             }
         }
         permit = Some(slot.reclaim().await);

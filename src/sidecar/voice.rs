@@ -8,9 +8,6 @@
 //! Processes come warm when they can ([`super::warm`]): chat takes a single-use process started
 //! ahead of time, a conversation keeps its process between turns.
 
-// Early returns of ready-made responses are the point of these helpers; boxing them buys nothing.
-#![allow(clippy::result_large_err)]
-
 use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
@@ -24,9 +21,10 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use super::voice_http::VoiceRequest;
-pub(super) use super::voice_http::{failure_response, gateway, invalid, refusal_response};
+pub(super) use super::voice_http::gateway;
 use super::{
     SidecarState,
+    error::ApiError,
     openai::{self, ChatRequest, CompletionId},
     turns::{
         Driver, Finished, Limiter, Refusal, Slot, Step, TurnFailure, Workdir, keepalive_timer, next_streamed,
@@ -205,16 +203,13 @@ impl Gateway {
 }
 
 /// `GET /v1/models`.
-pub async fn models(State(state): State<SidecarState>) -> Response {
-    let gw = match gateway(&state) {
-        Ok(gw) => gw,
-        Err(resp) => return resp,
-    };
+pub async fn models(State(state): State<SidecarState>) -> Result<Response, ApiError> {
+    let gw = gateway(&state)?;
     let data: Vec<Value> = openai::model_ids(&gw.models)
         .into_iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "anthropic"}))
         .collect();
-    Json(json!({"object": "list", "data": data})).into_response()
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
 /// What the first step of a turn was.
@@ -290,7 +285,7 @@ impl Drop for ActiveStream {
 /// A chat turn opened (first text, or the end) on a single-use process: a warm one from the
 /// pool when one matches, else one spawned now. A warm process found dead before it said
 /// anything (it died while waiting) is replaced by a fresh one, once, without the client noticing.
-async fn chat_turn(gw: &Gateway, model: &str, prompt: &str) -> Result<(Driver, Opening, Workdir), Response> {
+async fn chat_turn(gw: &Gateway, model: &str, prompt: &str) -> Result<(Driver, Opening, Workdir), ApiError> {
     let mut warm = gw.pool.take(model);
     loop {
         let from_pool = warm.is_some();
@@ -322,23 +317,23 @@ async fn chat_turn(gw: &Gateway, model: &str, prompt: &str) -> Result<(Driver, O
             }
             Err(failure) => {
                 gw.record_failure(&failure);
-                return Err(failure_response(&failure));
+                return Err(ApiError::from(&failure));
             }
         }
     }
 }
 
 /// A chat process spawned for this request, after admission.
-async fn cold_chat_process(gw: &Gateway, model: &str) -> Result<Warm, Response> {
-    let permit = gw.admit().await.map_err(refusal_response)?;
+async fn cold_chat_process(gw: &Gateway, model: &str) -> Result<Warm, ApiError> {
+    let permit = gw.admit().await?;
     let workdir = Workdir::new(&gw.chat_dir).map_err(|err| {
         tracing::error!(error = %err, "cannot create a working directory");
-        failure_response(&TurnFailure::Spawn)
+        ApiError::from(&TurnFailure::Spawn)
     })?;
     let request = gw.pool.request(model, workdir.path().to_path_buf());
     let turn = gw.spawn(&request).await.map_err(|failure| {
         gw.record_failure(&failure);
-        failure_response(&failure)
+        ApiError::from(&failure)
     })?;
     Ok(Warm {
         slot: Slot::new(permit, turn.reaped()),
@@ -354,15 +349,9 @@ pub async fn chat_completions(
         body: request,
         received,
     }: VoiceRequest<ChatRequest>,
-) -> Response {
-    let plan = match openai::plan(&request, &gw.models) {
-        Ok(plan) => plan,
-        Err(err) => return invalid(&err.message, err.param),
-    };
-    let (mut driver, opening, workdir) = match chat_turn(&gw, &plan.model, &plan.prompt).await {
-        Ok(opened) => opened,
-        Err(response) => return response,
-    };
+) -> Result<Response, ApiError> {
+    let plan = openai::plan(&request, &gw.models)?;
+    let (mut driver, opening, workdir) = chat_turn(&gw, &plan.model, &plan.prompt).await?;
     gw.metrics
         .time_to_first_token
         .observe(received.elapsed().as_secs_f64());
@@ -377,15 +366,15 @@ pub async fn chat_completions(
             Opening::Empty(finished) => Ok((String::new(), finished)),
         };
         return match result {
-            Ok((text, finished)) => Json(id.completion(
+            Ok((text, finished)) => Ok(Json(id.completion(
                 &text,
                 openai::finish_reason(finished.stop_reason.as_deref()),
                 openai::usage_json(finished.usage.prompt_tokens(), finished.usage.output_tokens),
             ))
-            .into_response(),
+            .into_response()),
             Err(failure) => {
                 gw.record_failure(&failure);
-                failure_response(&failure)
+                Err(ApiError::from(&failure))
             }
         };
     }
@@ -421,9 +410,7 @@ pub async fn chat_completions(
                     Some(Ok(finished)) => finished,
                     Some(Err(failure)) => {
                         gw.record_failure(&failure);
-                        let error =
-                            openai::error_body(&failure.message(), failure.kind(), None, failure.code());
-                        let _ = tx.send(send(error)).await;
+                        let _ = tx.send(send(ApiError::from(&failure).body())).await;
                         return;
                     }
                 }
@@ -444,5 +431,5 @@ pub async fn chat_completions(
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
-    sse_response(rx)
+    Ok(sse_response(rx))
 }
