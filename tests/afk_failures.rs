@@ -53,12 +53,23 @@ async fn a_revoked_t3_token_fails_the_run_loudly_and_frees_the_repo() {
 }
 
 /// A token that is already bad when the run is created no longer leaves it `Pending` forever.
+/// The config itself dispatches nothing while T3 refuses its token, so the run is made by hand
+/// (`kubectl apply`, a trusted act), as one would meet a token revoked between poll and dispatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_t3_token_at_dispatch_fails_instead_of_pending_forever() {
     let mut w = World::new().await;
     w.t3.revoke_token(T3_TOKEN);
     w.label_issue(42, "Do it", "alice");
     w.apply_config(json!({})).await;
+    let sha256 = afk_operator::policy::naming::snapshot_sha256("Issue 42", "Do it");
+    w.api.with_store(|s| {
+        s.seed(json!({
+            "apiVersion": "afk.dev/v1alpha1", "kind": "AfkRun",
+            "metadata": {"name": RUN, "namespace": NS},
+            "spec": {"configRef": "team", "repo": REPO, "issue": 42, "attempt": 1, "title": "Issue 42",
+                     "taskSnapshot": {"title": "Issue 42", "body": "Do it", "sha256": sha256}}
+        }))
+    });
     w.start();
     w.wait_phase(RUN, Phase::Failed).await;
     assert_eq!(run_field(&w, "reason"), "ExecutorUnauthorized");

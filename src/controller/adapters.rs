@@ -173,33 +173,33 @@ impl AdapterCache {
         }
     }
 
+    /// Serve `config` with `adapters` (tests: the in-memory ones, [`Adapters::from_parts`])
+    /// instead of clients built from its spec. The Secrets it names are still read from the API
+    /// on every refresh, so a missing one stalls the config as it would with real clients; a
+    /// later change of endpoint or Secret reference builds real clients again.
+    pub fn install(&self, config: &AfkConfig, adapters: Adapters) -> Result<(), Error> {
+        let refs = secret_refs(config)?;
+        let installed = Adapters {
+            key: cache_key(config, &refs),
+            secrets: refs
+                .into_iter()
+                .map(|(_, r)| (r, Arc::new(SharedSecret::default())))
+                .collect(),
+            loaded_at: Mutex::new(None),
+            ..adapters
+        };
+        self.map
+            .lock()
+            .expect("adapter cache")
+            .insert(config_id(config), Arc::new(installed));
+        Ok(())
+    }
+
     /// The adapters for `config`, built or refreshed as needed.
     pub async fn for_config(&self, config: &AfkConfig) -> Result<Arc<Adapters>, Error> {
         let refs = secret_refs(config)?;
-        let spec = &config.spec;
-        let github = &spec.tracker.github;
-        let key = Key {
-            github: match (&github.token_secret_ref, &github.app) {
-                (None, Some(app)) => format!(
-                    "{} app {} installation {}",
-                    github.api_url, app.app_id, app.installation_id
-                ),
-                _ => github.api_url.clone(),
-            },
-            t3: spec.executor.t3.url.clone(),
-            woodpecker: spec.ci.woodpecker.as_ref().map(|w| w.url.clone()),
-            slack: spec.notify.slack.is_some(),
-            ntfy: spec
-                .notify
-                .ntfy
-                .as_ref()
-                .map(|n| (n.url.clone(), n.topic.clone(), n.token_secret_ref.is_some())),
-            secrets: refs
-                .iter()
-                .map(|(_, r)| (r.name.clone(), r.key.clone()))
-                .collect(),
-        };
-        let id = format!("{}/{}", config.namespace().unwrap_or_default(), config.name_any());
+        let key = cache_key(config, &refs);
+        let id = config_id(config);
         let existing = self.map.lock().expect("adapter cache").get(&id).cloned();
         let adapters = match existing {
             Some(a) if a.key == key => a,
@@ -317,6 +317,37 @@ impl AdapterCache {
             shell: tokio::sync::Mutex::new(None),
         }
     }
+}
+
+/// What the cached adapters of a config were built from: a change rebuilds them.
+fn cache_key(config: &AfkConfig, refs: &[(&'static str, SecretKeyRef)]) -> Key {
+    let spec = &config.spec;
+    let github = &spec.tracker.github;
+    Key {
+        github: match (&github.token_secret_ref, &github.app) {
+            (None, Some(app)) => format!(
+                "{} app {} installation {}",
+                github.api_url, app.app_id, app.installation_id
+            ),
+            _ => github.api_url.clone(),
+        },
+        t3: spec.executor.t3.url.clone(),
+        woodpecker: spec.ci.woodpecker.as_ref().map(|w| w.url.clone()),
+        slack: spec.notify.slack.is_some(),
+        ntfy: spec
+            .notify
+            .ntfy
+            .as_ref()
+            .map(|n| (n.url.clone(), n.topic.clone(), n.token_secret_ref.is_some())),
+        secrets: refs
+            .iter()
+            .map(|(_, r)| (r.name.clone(), r.key.clone()))
+            .collect(),
+    }
+}
+
+fn config_id(config: &AfkConfig) -> String {
+    format!("{}/{}", config.namespace().unwrap_or_default(), config.name_any())
 }
 
 enum SecretError {

@@ -8,6 +8,8 @@
 mod facts;
 mod runs;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -33,6 +35,9 @@ use crate::{
 };
 
 use facts::{PollCache, Probes};
+
+/// How soon a stalled config looks again: creating a missing Secret does not touch it.
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// How far a poll got.
 enum Outcome {
@@ -100,7 +105,8 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
     poll.ctx.reset_backoff(&BackoffKey::of(poll.config.as_ref()));
     Ok(match poll_interval {
         Err(_) => Action::await_change(),
-        Ok(d) if retry_soon => Action::requeue(jittered(d.min(Duration::from_secs(30)), 10)),
+        // Within 30 s, as promised (ADR 0011): the jitter must not carry it past.
+        Ok(d) if retry_soon => Action::requeue(jittered(d.min(RECHECK), 10).min(RECHECK)),
         Ok(d) => Action::requeue(jittered(d, 10)),
     })
 }
@@ -246,6 +252,11 @@ impl ConfigPoll {
                     tracker_error.get_or_insert((entry.repo.as_str(), e));
                 }
             }
+        }
+        // A token T3 refuses would fail every run created now at its first call and hand its
+        // issue back to a human: nothing is dispatched until T3 accepts it again.
+        if matches!(executor, Probe::Unauthorized(_)) {
+            ready_issues.clear();
         }
         let probes = Probes {
             tracker: facts::tracker_probe(tracker_error),

@@ -14,7 +14,9 @@ use crate::{
 };
 
 /// Publish one Event per condition that changed (status or reason), Warning for abnormal
-/// values; the recorder folds repeats into a series, as kube's recorder does.
+/// values; the recorder folds repeats into a series. It tells Events apart by type, reason and
+/// action, not by note, so the action names the condition: Ready and Armed turning `Suspended`
+/// in one poll are two Events, not one Event seen twice.
 pub(super) async fn condition_events(
     ctx: &Context,
     config: &AfkConfig,
@@ -42,7 +44,7 @@ pub(super) async fn condition_events(
                     .take(1024)
                     .collect(),
             ),
-            action: "Reconcile".into(),
+            action: c.type_.into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &config.object_ref(&())).await {
