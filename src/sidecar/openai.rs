@@ -295,11 +295,6 @@ impl CompletionId {
     }
 }
 
-/// An OpenAI error object.
-pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: &str) -> Value {
-    json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
-}
-
 /// One SSE `data:` frame. JSON never contains a raw newline, so one line suffices.
 pub fn sse_data(value: &Value) -> String {
     format!("data: {value}\n\n")
