@@ -10,6 +10,8 @@
 //! (request → first content chunk → `[DONE]`): the difference is what the sidecar adds. Then
 //! `--concurrent` streams at once, direct and through the sidecar, check that no text is lost or
 //! garbled and where a burst's time goes. RSS is read from `/proc/<pid>/status`.
+//! `--compare-url URL` times another OpenAI-compatible relay (started by hand with this binary
+//! as its `claude`, see `docs/performance.md`) the same way, interleaved and in the burst.
 //!
 //! Real-CLI mode: the real `claude` (`.tools/claude`, or `--claude-bin`) against the project's
 //! fake Messages API, answering at once: a cold direct spawn (the sidecar's own argv, prompt on
@@ -24,6 +26,15 @@ use std::{
 
 use futures::StreamExt;
 use serde_json::json;
+
+/// The value after `name`, if given.
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -45,8 +56,17 @@ fn fake_cli() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let started = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("2.1.330 (Claude Code)");
+        return;
+    }
     let mut prompt = String::new();
     let _ = std::io::stdin().read_to_string(&mut prompt);
+    if prompt.trim().is_empty() {
+        // `claude -p … <prompt>`: the prompt as the positional argument (how other relays call it).
+        prompt = positional_prompt(&args).unwrap_or_default();
+    }
     // With `--input-format stream-json` (the sidecar's processes) the prompt is one user message.
     if let Ok(message) = serde_json::from_str::<serde_json::Value>(prompt.trim()) {
         prompt = message["message"]["content"]
@@ -82,6 +102,35 @@ fn fake_cli() {
         json!({"type":"result","subtype":"success","is_error":false,"result":text,"duration_ms":1,"session_id":sid,"usage":{"input_tokens":3,"output_tokens":chunks}})
     );
     let _ = out.flush();
+}
+
+/// The positional argument of a `claude` command line: the last word that is neither a flag nor
+/// a flag's value.
+fn positional_prompt(args: &[String]) -> Option<String> {
+    const TAKES_VALUE: [&str; 10] = [
+        "--output-format",
+        "--input-format",
+        "--model",
+        "--session-id",
+        "--resume",
+        "--agent",
+        "--agents",
+        "--allowedTools",
+        "--max-budget-usd",
+        "--settings",
+    ];
+    let mut found = None;
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+        } else if TAKES_VALUE.contains(&a.as_str()) {
+            skip = true;
+        } else if !a.starts_with('-') {
+            found = Some(a.clone());
+        }
+    }
+    found
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -364,11 +413,20 @@ fn fake_mode(runtime: &tokio::runtime::Runtime) {
     // Sequential, interleaved so both paths see the same machine state.
     let (mut d_first, mut d_total, mut d_span) = (Vec::new(), Vec::new(), Vec::new());
     let (mut s_first, mut s_total, mut s_span) = (Vec::new(), Vec::new(), Vec::new());
+    let compare = arg_str("--compare-url");
+    let (mut o_first, mut o_total) = (Vec::new(), Vec::new());
     for i in 0..sequential + 5 {
         let (f, t, s) = direct_run(&exe, &env);
         let r = runtime.block_on(sidecar_run(&client, &url, &format!("s{i}")));
+        let other = compare
+            .as_deref()
+            .map(|other| runtime.block_on(sidecar_run(&client, other, &format!("o{i}"))));
         if i < 5 {
             continue; // warm-up
+        }
+        if let Some(other) = other {
+            o_first.push(other.first);
+            o_total.push(other.total);
         }
         d_first.push(f);
         d_total.push(t);
@@ -389,8 +447,20 @@ fn fake_mode(runtime: &tokio::runtime::Runtime) {
         percentile(&s_first, 0.5) - percentile(&d_first, 0.5),
         percentile(&s_first, 0.95) - percentile(&d_first, 0.95)
     );
+    if compare.is_some() {
+        row("other relay time to first content", &o_first);
+        println!(
+            "  {:<34} {:>8.2}  {:>8.2}",
+            "other relay added to first content",
+            percentile(&sorted(o_first.clone()), 0.5) - percentile(&d_first, 0.5),
+            percentile(&sorted(o_first.clone()), 0.95) - percentile(&d_first, 0.95)
+        );
+    }
     row("direct  total", &d_total);
     row("sidecar total ([DONE])", &s_total);
+    if compare.is_some() {
+        row("other relay total ([DONE])", &o_total);
+    }
     println!(
         "  {:<34} {:>8.3}  {:>8.3}",
         "added per chunk (first→last)",
@@ -405,11 +475,48 @@ fn fake_mode(runtime: &tokio::runtime::Runtime) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let burst = burst_through(runtime, &client, &url, concurrent, chunks);
+    let peak_rss = rss_kib(pid, "VmHWM:");
+    println!(
+        "\n{concurrent} concurrent streams: {} lost or garbled, wall {:.0} ms     p50 ms    p95 ms",
+        burst.bad,
+        burst.wall.as_secs_f64() * 1000.0
+    );
+    row("direct  time to first text", &direct_burst);
+    row("sidecar time to first content", &burst.firsts);
+    if let Some(other) = &compare {
+        let other = burst_through(runtime, &client, other, concurrent, chunks);
+        row("other relay time to first content", &other.firsts);
+        println!(
+            "  other relay: {} lost or garbled, wall {:.0} ms",
+            other.bad,
+            other.wall.as_secs_f64() * 1000.0
+        );
+    }
+    println!("sidecar peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+}
+
+/// What a burst through one relay gave: first-content times, streams whose text was not
+/// exactly what their CLI printed, wall time.
+struct Burst {
+    firsts: Vec<f64>,
+    bad: usize,
+    wall: Duration,
+}
+
+/// `concurrent` streams at once through the relay at `url`, each text checked.
+fn burst_through(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    concurrent: usize,
+    chunks: usize,
+) -> Burst {
     let started = Instant::now();
     let results = runtime.block_on(async {
         let futures = (0..concurrent).map(|i| {
             let client = client.clone();
-            let url = url.clone();
+            let url = url.to_string();
             async move { (i, sidecar_run(&client, &url, &format!("c{i}")).await) }
         });
         futures::future::join_all(futures).await
@@ -424,14 +531,7 @@ fn fake_mode(runtime: &tokio::runtime::Runtime) {
         }
         firsts.push(r.first);
     }
-    let peak_rss = rss_kib(pid, "VmHWM:");
-    println!(
-        "\n{concurrent} concurrent streams: {bad} lost or garbled, wall {:.0} ms     p50 ms    p95 ms",
-        wall.as_secs_f64() * 1000.0
-    );
-    row("direct  time to first text", &direct_burst);
-    row("sidecar time to first content", &firsts);
-    println!("sidecar peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    Burst { firsts, bad, wall }
 }
 
 fn real_cli_mode(runtime: &tokio::runtime::Runtime) {

@@ -510,8 +510,14 @@ async fn pump(
         }
     }
     // Nothing of the turn may outlive it: kill whatever is left in the group and whatever left
-    // the group (setsid), then reap. The turn counts as reaped only after the sweep.
-    let strays = strays_of(pgid, turn_id).await;
+    // the group (setsid), then reap. The turn counts as reaped only after the sweep. While the
+    // CLI lives, its descendants are found through it, so look before killing it; once it has
+    // exited they are ours already (subreaper) and the look after the kill finds them all.
+    let strays = if exit_status.is_none() {
+        sweep::strays(pgid, turn_id).await
+    } else {
+        Vec::new()
+    };
     guard.kill();
     let status = match exit_status {
         Some(status) => Some(status),
@@ -520,7 +526,7 @@ async fn pump(
     let strays = {
         // Marked processes that escaped while the CLI was being killed (re-parented to us now).
         let mut all = strays;
-        all.extend(strays_of(pgid, turn_id).await);
+        all.extend(sweep::strays(pgid, turn_id).await);
         all.sort_unstable();
         all.dedup();
         all
@@ -540,15 +546,6 @@ async fn pump(
         Err(CliError::Crashed { code, stderr })
     };
     let _ = tx.send(TurnItem::Ended(ended)).await;
-}
-
-/// [`sweep::strays`] on the blocking pool: it reads `/proc`, which must not stall the async
-/// workers that stream other turns.
-async fn strays_of(pgid: i32, turn_id: &str) -> Vec<i32> {
-    let turn_id = turn_id.to_string();
-    tokio::task::spawn_blocking(move || sweep::strays(pgid, &turn_id))
-        .await
-        .unwrap_or_default()
 }
 
 /// Newline-delimited lines that never end the stream over one bad line: a line longer than
