@@ -10,6 +10,8 @@ mod afk_run;
 mod leader;
 mod start;
 mod status;
+#[cfg(test)]
+mod test_api;
 mod triggers;
 
 use std::{

@@ -18,7 +18,7 @@ use crate::{
     },
     agents::Agents,
     controller::{Adapters, Context, Error, Settings},
-    crd::{self, AfkConfig, AfkRun},
+    crd::{AfkConfig, AfkRun},
     metrics::Metrics,
 };
 
@@ -42,18 +42,7 @@ fn stored(api: &FakeApiServer) -> Value {
 
 impl Harness {
     async fn new() -> Self {
-        // Generating the CRD schemas is the slowest part of a test: once per test binary.
-        static CRDS: std::sync::OnceLock<Vec<Value>> = std::sync::OnceLock::new();
-        let crds = CRDS.get_or_init(|| {
-            crd::all()
-                .into_iter()
-                .map(|c| serde_json::to_value(c).unwrap())
-                .collect()
-        });
-        let mut api = FakeApiServer::new();
-        for c in crds {
-            api = api.with_crd(c);
-        }
+        let api = crate::controller::test_api::with_crds();
         let client = api.client();
         let config: AfkConfig = serde_json::from_value(json!({
             "apiVersion": "afk.dev/v1alpha1", "kind": "AfkConfig",

@@ -18,7 +18,7 @@ use crate::{
     adapters::memory::{Journal, MemoryGitHub, MemoryT3, NoDeployments},
     agents::Agents,
     controller::{Adapters, Context, Error, Settings},
-    crd::{self, AfkConfig, Permission},
+    crd::{AfkConfig, Permission},
     metrics::Metrics,
 };
 
@@ -44,18 +44,7 @@ impl Harness {
 
     /// The config of [`Harness::new`] as `edit` leaves it, with only the Secrets named.
     pub(super) async fn build(edit: impl FnOnce(&mut Value), secrets: &[&str]) -> Self {
-        // Generating the CRD schemas is the slowest part of a test: once per test binary.
-        static CRDS: std::sync::OnceLock<Vec<Value>> = std::sync::OnceLock::new();
-        let crds = CRDS.get_or_init(|| {
-            crd::all()
-                .into_iter()
-                .map(|c| serde_json::to_value(c).unwrap())
-                .collect()
-        });
-        let mut api = FakeApiServer::new();
-        for c in crds {
-            api = api.with_crd(c);
-        }
+        let api = crate::controller::test_api::with_crds();
         let client = api.client();
         let mut config = json!({
             "apiVersion": "afk.dev/v1alpha1", "kind": "AfkConfig",
