@@ -9,7 +9,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Condvar, Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -109,15 +109,19 @@ impl ProcessTable {
 
     /// What is left of the turn whose CLI is `cli` (its pid and process group) and whose marker
     /// value is `turn_id`: anything carrying the marker, in the CLI's group, or descending from
-    /// the CLI. The CLI itself is not included (its `Child` reaps it).
+    /// the CLI — and never what carries another turn's marker. The CLI itself is not included
+    /// (its `Child` reaps it).
     fn strays(&self, cli: i32, turn_id: &str) -> Vec<i32> {
         self.stats
             .iter()
             .filter(|(pid, s)| {
+                let marker = self.markers.get(pid);
+                // A process marked for another turn belongs to that turn, even when the CLI's pid
+                // (and so its group id) has been reused by that turn's CLI since.
+                let other_turn = marker.is_some_and(|m| m != turn_id.as_bytes());
                 *pid != cli
-                    && (s.pgid == cli
-                        || descends_from(&self.parents, *pid, cli)
-                        || self.markers.get(pid).is_some_and(|m| m == turn_id.as_bytes()))
+                    && !other_turn
+                    && (s.pgid == cli || descends_from(&self.parents, *pid, cli) || marker.is_some())
             })
             .map(|(pid, _)| *pid)
             .collect()
@@ -137,53 +141,65 @@ fn descends_from(parents: &HashMap<i32, i32>, mut pid: i32, ancestor: i32) -> bo
     false
 }
 
-/// Turns waiting for a look at `/proc`, and whether a scan is under way.
-#[derive(Default)]
-struct Scans {
-    waiting: Vec<(i32, String, oneshot::Sender<Vec<i32>>)>,
-    scanning: bool,
-}
+/// A turn waiting for a look at `/proc`: its CLI, its marker value, where to answer.
+type Waiter = (i32, String, oneshot::Sender<Vec<i32>>);
 
-static SCANS: Mutex<Scans> = Mutex::new(Scans {
-    waiting: Vec::new(),
-    scanning: false,
-});
+/// Turns waiting for the scanner, and the bell that wakes it.
+static WAITING: Mutex<Vec<Waiter>> = Mutex::new(Vec::new());
+static WAKE: Condvar = Condvar::new();
 
 /// The processes left of the turn whose CLI is `cli` and whose marker value is `turn_id` (see
 /// [`ProcessTable::strays`]), from a pass over `/proc` that began after this call.
 ///
 /// Turns that end together share one pass: a burst of 50 turns ending at once cost 100 full
 /// passes (two per turn) on the blocking pool and doubled the burst's p95 time to first
-/// content of the turns still starting. The pass runs off the async workers.
+/// content of the turns still starting. The passes run on one thread of their own, which no
+/// async runtime owns: a runtime that shuts down (each `#[tokio::test]` has its own) cannot
+/// take the scanner with it and leave every later turn waiting.
 pub async fn strays(cli: i32, turn_id: &str) -> Vec<i32> {
-    let (reply, answer) = oneshot::channel();
-    let start_scanning = {
-        let mut scans = SCANS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        scans.waiting.push((cli, turn_id.to_string(), reply));
-        !std::mem::replace(&mut scans.scanning, true)
-    };
-    if start_scanning {
-        tokio::task::spawn_blocking(scan_while_asked);
+    static SCANNER: OnceLock<bool> = OnceLock::new();
+    let running = *SCANNER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("turn-sweep".into())
+            .spawn(scan_while_asked)
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "cannot start the sweep thread; sweeping per turn"),
+            )
+            .is_ok()
+    });
+    if !running {
+        let turn_id = turn_id.to_string();
+        return tokio::task::spawn_blocking(move || ProcessTable::read().strays(cli, &turn_id))
+            .await
+            .unwrap_or_default();
     }
+    let (reply, answer) = oneshot::channel();
+    WAITING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((cli, turn_id.to_string(), reply));
+    WAKE.notify_one();
     answer.await.unwrap_or_default()
 }
 
-/// Serve every waiting turn from one pass, until none waits. A turn that asks during a pass is
-/// served by the next one, so every answer reflects `/proc` after its question.
+/// Serve every waiting turn from one pass, forever. A turn that asks during a pass is served by
+/// the next one, so every answer reflects `/proc` after its question. A pass that panics (it
+/// reads whatever `/proc` holds) answers its turns with nothing rather than ending the thread.
 fn scan_while_asked() {
     loop {
         let waiting = {
-            let mut scans = SCANS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if scans.waiting.is_empty() {
-                scans.scanning = false;
-                return;
+            let mut waiting = WAITING.lock().unwrap_or_else(PoisonError::into_inner);
+            while waiting.is_empty() {
+                waiting = WAKE.wait(waiting).unwrap_or_else(PoisonError::into_inner);
             }
-            std::mem::take(&mut scans.waiting)
+            std::mem::take(&mut *waiting)
         };
-        let table = ProcessTable::read();
-        for (cli, turn_id, reply) in waiting {
-            let _ = reply.send(table.strays(cli, &turn_id));
-        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let table = ProcessTable::read();
+            for (cli, turn_id, reply) in waiting {
+                let _ = reply.send(table.strays(cli, &turn_id));
+            }
+        }));
     }
 }
 
@@ -264,6 +280,18 @@ mod tests {
         found.sort_unstable();
         assert_eq!(found, vec![101, 102, 103]);
         assert_eq!(t.strays(200, "t2"), vec![201]);
+    }
+
+    #[test]
+    fn a_reused_cli_pid_does_not_make_the_next_turns_processes_strays() {
+        let me = 10;
+        // Turn t1's CLI was 100 and is gone; turn t2's CLI got pid 100 again.
+        let t = table(&[
+            (100, me, 100, Some("t2")),
+            (101, 100, 100, Some("t2")),
+            (102, me, 102, Some("t1")), // t1's escapee, re-parented to us
+        ]);
+        assert_eq!(t.strays(100, "t1"), vec![102]);
     }
 
     #[test]

@@ -188,7 +188,15 @@ impl RunReconcile {
             .await;
         match removed {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 404 => {
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            // 422 is also how a patched object failing validation is refused: only a changed
+            // annotation makes it harmless.
+            Err(kube::Error::Api(e)) if e.code == 422 => {
+                let now = self.api.get_opt(&self.run.name_any()).await?;
+                let current = now.as_ref().and_then(|r| r.annotations().get(ANSWER_ANNOTATION));
+                if current == Some(read) {
+                    return Err(kube::Error::Api(e).into());
+                }
                 tracing::info!("the answer annotation changed since it was read; leaving the new one");
                 Ok(())
             }
