@@ -103,6 +103,9 @@ pub struct DispatchInput<'a> {
     pub issues: &'a [ReadyIssue],
     /// Every AfkRun belonging to this AfkConfig.
     pub runs: &'a [ExistingRun],
+    /// T3 refuses the operator's token: a run created now would fail at its first call and hand
+    /// its issue back, so every issue that passes its gates waits instead.
+    pub executor_refused: bool,
 }
 
 /// Why the loop is not armed.
@@ -165,6 +168,8 @@ pub enum SkipReason {
     MaxInFlight(u32),
     /// A gate fact could not be gathered this poll.
     FactsUnavailable(String),
+    /// T3 refuses the operator's token.
+    ExecutorRefused,
 }
 
 impl fmt::Display for SkipReason {
@@ -205,6 +210,7 @@ impl fmt::Display for SkipReason {
             SkipReason::RepoBusy { run } => write!(f, "repo busy: afkrun {run}"),
             SkipReason::MaxInFlight(n) => write!(f, "max in flight ({n})"),
             SkipReason::FactsUnavailable(why) => write!(f, "github unavailable: {why}"),
+            SkipReason::ExecutorRefused => write!(f, "T3 refuses the operator's token (see Ready)"),
         }
     }
 }
@@ -379,6 +385,10 @@ pub fn decide(input: &DispatchInput<'_>) -> DispatchDecision {
     let max = spec.concurrency.max_in_flight;
     let mut create: Vec<NewRun> = vec![];
     for (issue, priority, attempt) in survivors {
+        if input.executor_refused {
+            queue.push(queued(issue, priority, SkipReason::ExecutorRefused));
+            continue;
+        }
         let key = repo_key(&issue.repo);
         if let Some(taken) = create.iter().find(|r| repo_key(&r.repo) == key) {
             queue.push(queued(
@@ -706,6 +716,7 @@ mod tests {
             emergency_stop: None,
             issues,
             runs,
+            executor_refused: false,
         })
     }
 
@@ -726,6 +737,7 @@ mod tests {
             emergency_stop: Some("db down"),
             issues: &issues,
             runs: &[],
+            executor_refused: false,
         });
         assert_eq!(d.disarmed, Some(Disarmed::EmergencyStop("db down".into())));
         assert!(d.create.is_empty() && d.queue.is_empty());
@@ -1047,12 +1059,21 @@ mod tests {
             runs in proptest::collection::vec(arb_run(), 0..6),
             max in 1u32..5,
             seed in any::<u64>(),
+            refused in any::<bool>(),
         ) {
             // Object names are unique in Kubernetes: two runs never share one.
             let mut names = BTreeSet::new();
             let runs: Vec<ExistingRun> = runs.into_iter().filter(|r| names.insert(r.name.clone())).collect();
             let s = spec(&["a/x", "b/y", "c/z"], max);
-            let d = decide_with(&s, &issues, &runs);
+            let d = decide(&DispatchInput {
+                spec: &s,
+                emergency_stop: None,
+                issues: &issues,
+                runs: &runs,
+                executor_refused: refused,
+            });
+            // Nothing is created while T3 refuses the token.
+            prop_assert!(!refused || d.create.is_empty());
 
             // At most one per repo, and never a repo that already has a non-terminal run.
             let mut repos = BTreeSet::new();
@@ -1081,7 +1102,14 @@ mod tests {
             // holds for distinct keys, which is what a tracker returns.
             let unique = issues.iter().map(|i| (i.repo.clone(), i.number)).collect::<BTreeSet<_>>().len() == issues.len();
             if unique {
-                prop_assert_eq!(decide_with(&s, &shuffled_issues, &shuffled_runs), d);
+                let again = decide(&DispatchInput {
+                    spec: &s,
+                    emergency_stop: None,
+                    issues: &shuffled_issues,
+                    runs: &shuffled_runs,
+                    executor_refused: refused,
+                });
+                prop_assert_eq!(again, d);
             }
         }
     }

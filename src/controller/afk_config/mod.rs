@@ -93,6 +93,7 @@ pub(super) async fn reconcile(config: Arc<AfkConfig>, ctx: Arc<Context>) -> Resu
         emergency_stop: poll.config.emergency_stop(),
         issues: &ready_issues,
         runs: &runs::existing(&runs),
+        executor_refused: matches!(probes.executor, Probe::Unauthorized(_)),
     });
     poll.create_runs(&decision).await?;
     status::write_queue(&mut poll.status, &poll.config, &runs, &decision);
@@ -252,11 +253,6 @@ impl ConfigPoll {
                     tracker_error.get_or_insert((entry.repo.as_str(), e));
                 }
             }
-        }
-        // A token T3 refuses would fail every run created now at its first call and hand its
-        // issue back to a human: nothing is dispatched until T3 accepts it again.
-        if matches!(executor, Probe::Unauthorized(_)) {
-            ready_issues.clear();
         }
         let probes = Probes {
             tracker: facts::tracker_probe(tracker_error),

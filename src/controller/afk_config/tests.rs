@@ -215,6 +215,11 @@ async fn t3_refusing_the_token_makes_the_config_unauthorized_and_dispatches_noth
         );
         // A run would fail at its first call and hand the issue back to a human.
         assert!(h.run_names().is_empty(), "dispatched with a refused token");
+        assert_eq!(
+            h.queue(),
+            [format!("{APP}#7: T3 refuses the operator's token (see Ready)")],
+            "the issue waits, and says why"
+        );
         assert_eq!(h.t3.requests(), ["environment", "auth.session"]);
         assert!(
             h.condition("TokenExpiring").is_null(),
